@@ -1,0 +1,2 @@
+"""Membership-inference attacks: pure scoring maths (:mod:`.scores`) and per-image losses
+(:mod:`.losses`)."""
