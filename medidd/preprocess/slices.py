@@ -31,7 +31,9 @@ class SliceSet:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[1] != 1:
-            raise ValueError(f"SliceSet images must be (N, 1, H, W), got {tuple(self.images.shape)}")
+            raise ValueError(
+                f"SliceSet images must be (N, 1, H, W), got {tuple(self.images.shape)}"
+            )
         if self.z.shape != (self.images.shape[0],):
             raise ValueError("SliceSet z must have one position per slice")
 

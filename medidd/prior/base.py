@@ -1,0 +1,29 @@
+"""The shared anatomical prior every SPG distillation starts from.
+
+Example:
+    >>> import torch
+    >>> p = Prior(torch.zeros(2, 1, 8, 8), torch.tensor([0.25, 0.75]), "atlas", local_data=False)
+    >>> len(p)
+    2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The shared anatomical prior: ``images`` (K, 1, H, W) in [0, 1] at axial positions
+    ``z`` (K,) in [0, 1]; ``kind`` says how it was made (mean, medoid, atlas) and ``local_data``
+    says whether it holds anything of a local patient."""
+
+    images: torch.Tensor
+    z: torch.Tensor
+    kind: str
+    local_data: bool
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
