@@ -37,6 +37,14 @@ class DistillContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     prior: Prior | None = None
     progress: Progress | None = None
+    #: A cheaper stand-in for ``degrade`` used only inside matching loops (for CT low dose, the
+    #: calibrated image-domain noise); the shipped LQ always comes from ``degrade``.
+    match_degrade: Degrade | None = None
+
+    @property
+    def matching_degrade(self) -> Degrade:
+        """The degradation to use inside a matching loop."""
+        return self.match_degrade if self.match_degrade is not None else self.degrade
 
 
 @dataclass(frozen=True)

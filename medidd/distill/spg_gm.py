@@ -163,6 +163,7 @@ class SPGMatching:
         )
         opt = torch.optim.Adam(gen.parameters(), lr=m.lr_syn)
         real_img = real.images.to(dev)
+        degrade = ctx.matching_degrade
         use_gm = "gm" in m.objective.split("+")
         use_lfd = "lfd" in m.objective.split("+")
 
@@ -180,13 +181,11 @@ class SPGMatching:
                 syn = synth()
                 pick = torch.randint(0, len(real), (m.real_batch,), generator=gen_rng)
                 r_hq = real_img[pick.to(dev)]
+                r_lq = degrade(r_hq, step_seed) if use_gm else r_hq
+                r_hq_p, r_lq_p = random_patches([r_hq, r_lq], m.real_batch, m.patch_size, gen_rng)
                 loss = syn.new_zeros(())
                 if use_gm:
-                    r_lq = ctx.degrade(r_hq, step_seed)
-                    r_hq_p, r_lq_p = random_patches(
-                        [r_hq, r_lq], m.real_batch, m.patch_size, gen_rng
-                    )
-                    s_lq = ctx.degrade(syn, step_seed + 1)
+                    s_lq = degrade(syn, step_seed + 1)
                     s_hq_p, s_lq_p = random_patches(
                         [syn, s_lq], m.syn_patches, m.patch_size, gen_rng
                     )
@@ -194,7 +193,7 @@ class SPGMatching:
                     g_syn = net_gradients(net, s_lq_p, s_hq_p, create_graph=True)
                     loss = loss + gm_distance(g_real, g_syn)
                 if use_lfd:
-                    loss = loss + m.lfd_weight * lfd_loss(bank, r_hq, syn, generator=gen_rng)
+                    loss = loss + m.lfd_weight * lfd_loss(bank, r_hq_p, syn, generator=gen_rng)
                 loss = loss + spg.structure_weight * structure_loss(
                     syn, p_img, spg.structure, spg.lowpass_sigma
                 )
@@ -210,7 +209,7 @@ class SPGMatching:
                 if m.inner_steps and use_gm:
                     with torch.no_grad():
                         s_det = synth()
-                        s_lq_det = ctx.degrade(s_det, step_seed + 2)
+                        s_lq_det = degrade(s_det, step_seed + 2)
                     for _ in range(m.inner_steps):
                         hq_p, lq_p = random_patches(
                             [s_det, s_lq_det], m.syn_patches, m.patch_size, gen_rng

@@ -76,13 +76,13 @@ PatientKey = Annotated[str, StringConstraints(pattern=PATIENT_KEY_PATTERN)]
 FileName = Annotated[str, StringConstraints(pattern=_FILE_PATTERN)]
 
 _SCALAR_HELP = (
-    "must be true/false, a finite number, a short token (letters, digits and _.:+-, at most "
+    "must be null, true/false, a finite number, a short token (letters, digits and _.:+-, at most "
     "64 characters: no free text) or a list of at most 64 of those"
 )
 
 
 def _scalar(value: Any) -> Any:
-    if isinstance(value, bool | int):
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value

@@ -80,8 +80,13 @@ def _to_blob(prep: PreparedCohort) -> bytes:
     torch.save(
         {
             "slices": [
-                {"images": s.images, "z": s.z, "key": s.patient_key, "modality": s.modality,
-                 "window": list(s.window)}
+                {
+                    "images": s.images,
+                    "z": s.z,
+                    "key": s.patient_key,
+                    "modality": s.modality,
+                    "window": list(s.window),
+                }
                 for s in prep.slices
             ],
             "skipped": [[s.source, s.reason] for s in prep.skipped],
@@ -134,13 +139,13 @@ def prepare_patients(
     report = ingest(root, salt, options, progress)
     cohort = report.cohort
     prep = PreparedCohort(skipped=list(cohort.skipped), summary=summarise_cohort(cohort))
-    modality = options.modality
+    modality: str | None = options.modality
     if modality is None:
         counts: dict[str, int] = {}
         for p in cohort.usable_patients:
             for m in {v.modality for v in p.volumes}:
                 counts[m] = counts.get(m, 0) + 1
-        modality = max(counts, key=lambda m: counts[m]) if counts else "CT"
+        modality = max(counts, key=counts.__getitem__) if counts else "CT"
     for patient in cohort.patients:
         prep.skipped.extend(patient.skipped)
         vols = sorted(
