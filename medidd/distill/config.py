@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from medidd._options import look_up_option
 from medidd.config import StrictModel
 from medidd.degrade.spec import DegradationSpec
+from medidd.distill.options import DMOptions, IDCOptions, TripleDOptions
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.prior import PRIOR_KINDS
 
@@ -136,6 +137,9 @@ class DistillConfig(StrictModel):
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
     spg: SPGConfig = Field(default_factory=SPGConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    dm: DMOptions = Field(default_factory=DMOptions)
+    idc: IDCOptions = Field(default_factory=IDCOptions)
+    tripled: TripleDOptions = Field(default_factory=TripleDOptions)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @field_validator("task", mode="before")
