@@ -167,8 +167,15 @@ class SPGMatching:
         use_gm = "gm" in m.objective.split("+")
         use_lfd = "lfd" in m.objective.split("+")
 
+        # the residual lives inside the body: in air (prior ~ 0) the clip would half-rectify
+        # a zero-mean texture into bright speckles that no real HQ image has
+        body = _gaussian_blur((p_img > 0.02).float(), 1.0)
+
         def synth() -> torch.Tensor:
-            return (p_img + spg.residual_scale * torch.tanh(gen(p_img, p_z, noise))).clamp(0, 1)
+            r = spg.residual_scale * torch.tanh(gen(p_img, p_z, noise))
+            if spg.residual == "highpass":
+                r = r - _gaussian_blur(r, spg.lowpass_sigma)
+            return (p_img + body * r).clamp(0, 1)
 
         total = m.iterations * m.outer_loop
         step = 0

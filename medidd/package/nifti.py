@@ -26,8 +26,8 @@ from __future__ import annotations
 import gzip
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 NOMINAL_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+if TYPE_CHECKING:
+    import nibabel as nib
+
+
 def stack_to_nifti(images: npt.NDArray[np.float32]) -> nib.Nifti1Image:
     """(K, H, W) images -> a NIfTI image of shape (W, H, K) with the nominal affine.
 
@@ -48,6 +52,8 @@ def stack_to_nifti(images: npt.NDArray[np.float32]) -> nib.Nifti1Image:
         (5, 4, 3)
     """
     data = np.ascontiguousarray(np.transpose(images.astype(np.float32), (2, 1, 0)))
+    import nibabel as nib  # imported here: only the viewer export needs it
+
     img = nib.Nifti1Image(data, NOMINAL_AFFINE)
     img.header.set_xyzt_units(xyz="mm")
     img.header.set_qform(NOMINAL_AFFINE, code=2)  # aligned: no scanner coordinates

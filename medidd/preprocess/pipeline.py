@@ -74,6 +74,11 @@ class PreprocessConfig(StrictModel):
         return self
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: MONAI transforms return MetaTensors, which must not leave preprocessing."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
 def _normalise(
     x: MetaTensor, modality: str, cfg: PreprocessConfig
 ) -> tuple[torch.Tensor, tuple[float, float]]:
@@ -115,7 +120,7 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig | None = None) -> Sl
     h, w = norm.shape[-2:]
     side = max(h, w)
     norm = torch.as_tensor(SpatialPad((side, side), mode="constant", value=0.0)(norm))
-    norm = torch.as_tensor(Resize((cfg.size, cfg.size), mode="area")(norm)).clamp_(0.0, 1.0)
+    norm = _plain(Resize((cfg.size, cfg.size), mode="area")(norm)).clamp_(0.0, 1.0)
     fraction = (norm > thr).float().mean(dim=(1, 2))
     keep = torch.nonzero(fraction >= cfg.min_foreground).flatten()
     if keep.numel() == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 logger = logging.getLogger(__name__)
@@ -29,6 +28,8 @@ def register_affine(
     regular-step gradient descent. If the optimiser fails, ``moving`` is returned unchanged and
     the failure is logged (never raised: a prior must not stop a run).
     """
+    import SimpleITK as sitk  # imported here: only population priors need it
+
     f = sitk.GetImageFromArray(fixed.detach().cpu().numpy().astype(np.float32))
     m = sitk.GetImageFromArray(moving.detach().cpu().numpy().astype(np.float32))
     try:

@@ -1,0 +1,172 @@
+"""Turn benchmark rows (``rows-*.jsonl``) into ``distill.md``, ``distill.json`` and plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from medidd._atomic import atomic_write_text
+
+ORDER = [
+    "full",
+    "random",
+    "herding",
+    "kcenter",
+    "tripled",
+    "dc_real",
+    "dc_noise",
+    "dm",
+    "idc",
+    "prior_only",
+    "prior_only_mean",
+    "prior_only_medoid",
+    "prior_only_atlas",
+    "pixel_gm",
+    "spg_gm",
+    "spg_gm_mean",
+    "spg_gm_medoid",
+    "spg_gm_atlas",
+]
+REAL_SLICES = {"full", "random", "herding", "kcenter", "tripled", "dc_real"}
+
+
+def load_rows(work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for f in sorted(work.glob("rows-*.jsonl")):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["setting_id"], r["method"], r["ipc"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        out[key] = {
+            k: [float(r[k]) for r in rs]
+            for k in (
+                "psnr",
+                "ssim",
+                "psnr_lq",
+                "psnr_full",
+                "gain_retained",
+                "max_nn_ncc",
+                "nn_ncc_p99_ref",
+                "distill_s_per_patient",
+                "bytes_ratio",
+                "train_s",
+            )
+        }
+        out[key]["folds"] = len(rs)
+        out[key]["setting"] = rs[0]["setting"]
+        out[key]["task"] = rs[0]["task"]
+    return out
+
+
+def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = [m for m in ORDER if any(k[0] == setting and k[1] == m for k in summary)]
+    for m in methods:
+        pts = sorted(
+            (k[2], statistics.mean(v["psnr"]))
+            for k, v in summary.items()
+            if k[0] == setting and k[1] == m and k[2] > 0
+        )
+        if pts:
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=m,
+                linestyle="--" if m in REAL_SLICES else "-",
+            )
+    full = [v for k, v in summary.items() if k[0] == setting and k[1] == "full"]
+    if full:
+        ax.axhline(statistics.mean(full[0]["psnr"]), color="k", lw=1, label="full data")
+        ax.axhline(
+            statistics.mean(full[0]["psnr_lq"]), color="gray", lw=1, ls=":", label="LQ input"
+        )
+    ax.set_xlabel("images per patient (IPC)")
+    ax.set_ylabel("PSNR on held-out patients (dB)")
+    ax.set_title(f"{setting}: PSNR vs IPC (dashed = ships real slices)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def write_report(work: Path, out: Path) -> Path:
+    """Write ``distill.md``/``distill.json``/plots under ``out`` from the rows under ``work``."""
+    rows = load_rows(work)
+    if not rows:
+        raise SystemExit(f"no benchmark rows under {work}: run the `run` stage first")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "distill.json", json.dumps(rows, indent=1))
+    summary = summarise(rows)
+    machine = rows[-1].get("machine", {})
+    lines = [
+        "# Distillation benchmark",
+        "",
+        "Leave-one-patient-out on the real sample patients (distil the others, train the "
+        "downstream net on the distilled pairs with LQ re-drawn every epoch, evaluate on every "
+        "slice of the held-out patient). Mean ± std over folds. `gain` = share of the full-data "
+        "PSNR gain over the LQ input kept; `NN-NCC` = highest NCC between any shipped image and "
+        "any real slice of the site (near-copy line 0.95; `ref` = 99th percentile of "
+        "nearest-other-patient NCC, the ideal line); `bytes` = package arrays / raw int16 "
+        "voxels of the site's patients.",
+        "",
+        f"Machine: {machine.get('cpu_cores')} CPU cores, GPU: {machine.get('gpu') or 'none'}, "
+        f"torch {machine.get('torch')}. Downstream: DnCNN, {rows[-1].get('steps')} steps. "
+        "Reproduce: `make bench` (or the three stages of `python -m benchmarks.distill_bench`).",
+        "",
+    ]
+    for setting in sorted({r["setting_id"] for r in rows}):
+        srows = [k for k in summary if k[0] == setting]
+        s0 = summary[srows[0]]
+        lines += [
+            f"## {s0['task']} {s0['setting']} ({setting})",
+            "",
+            "| method | IPC | PSNR | SSIM | gain | NN-NCC | ref | s/patient | bytes | "
+            "train s | folds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        lq = summary[srows[0]]["psnr_lq"]
+        for m in ORDER:
+            for ipc in sorted({k[2] for k in srows if k[1] == m}):
+                v = summary[(setting, m, ipc)]
+                lines.append(
+                    f"| {m} | {ipc or 'all'} | {_ms(v['psnr'])} | {_ms(v['ssim'], '{:.3f}')} | "
+                    f"{_ms([100 * g for g in v['gain_retained']], '{:.0f}')}% | "
+                    f"{_ms(v['max_nn_ncc'], '{:.3f}')} | {_ms(v['nn_ncc_p99_ref'], '{:.3f}')} | "
+                    f"{_ms(v['distill_s_per_patient'], '{:.1f}')} | "
+                    f"{_ms([100 * b for b in v['bytes_ratio']], '{:.2f}')}% | "
+                    f"{_ms(v['train_s'], '{:.0f}')} | {v['folds']} |"
+                )
+        lines += [
+            "",
+            f"LQ input PSNR: {_ms(lq)} dB.",
+            "",
+            f"![PSNR vs IPC]({setting}_psnr_vs_ipc.png)",
+            "",
+        ]
+        _plot(summary, setting, out / f"{setting}_psnr_vs_ipc.png")
+    path = out / "distill.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
