@@ -243,5 +243,60 @@ def export(
         raise fail(str(exc)) from None
 
 
+@app.command("serve")
+def serve_cmd(
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT")],
+    package: Annotated[Path, typer.Option(help="the audited package to serve")],
+    patients: Annotated[Path | None, typer.Option(help="local patients (FedAvg baseline)")] = None,
+    holdout: Annotated[Path | None, typer.Option(help="held-out patients for evaluation")] = None,
+    name: Annotated[str, typer.Option(help="this hospital's name in reports")] = "hospital",
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate (TLS)")] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS (local testing only)")] = False,
+    auth_key: Annotated[Path | None, typer.Option(help="SuperNode private key")] = None,
+    port: Annotated[int, typer.Option(help="ClientAppIo port of this SuperNode")] = 9094,
+    salt_file: Annotated[Path | None, typer.Option(help="site salt")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="preprocessing cache")] = None,
+    override_audit_by: Annotated[
+        str | None, typer.Option(help="who overrides a failed audit")
+    ] = None,
+    override_audit_reason: Annotated[str | None, typer.Option(help="why (recorded)")] = None,
+) -> None:
+    """Run a Flower SuperNode that serves this package (only if its audit passed)."""
+    from hospital_node.serve import node_settings, serve
+    from medidd.federation.node import NodeRefusal
+
+    try:
+        settings = node_settings(
+            package,
+            name=name,
+            patients=patients,
+            holdout=holdout,
+            salt_file=salt_file,
+            cache_dir=cache_dir,
+            override_audit=override_audit_by is not None,
+        )
+        code = serve(
+            superlink,
+            settings,
+            root_certificates=root_certificates,
+            auth_private_key=auth_key,
+            insecure=insecure,
+            port=port,
+            override_by=override_audit_by,
+            override_reason=override_audit_reason,
+        )
+    except (NodeRefusal, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def _register_audit() -> None:
+    from hospital_node.audit_cli import audit
+
+    app.command("audit")(audit)
+
+
+_register_audit()
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,123 @@
+"""``medidd-aggregate``: the consortium's command line (thin; heavy imports inside commands).
+
+Commands:
+
+- ``train``: a federated run (simulation engine by default; ``--superlink`` for deployment);
+- ``make-certs``: a development CA, SuperLink certificate and SuperNode key pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="MediDD aggregator: federated training and evaluation on Flower.")
+
+
+class Strategy(StrEnum):
+    distill = "distill"
+    fedavg = "fedavg"
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="federation YAML "
+                      "(configs/federation.yaml)")] = None,
+    strategy: Annotated[Strategy | None, typer.Option(help="distill: train on the collected "
+                        "packages; fedavg: raw-data FedAvg baseline")] = None,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("out/federation"),
+    superlink: Annotated[str | None, typer.Option(help="HOST:PORT of a SuperLink, or the name "
+                         "of a connection in $FLWR_HOME/config.toml (deployment engine); "
+                         "default: in-process simulation")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the "
+                                 "SuperLink (with --superlink HOST:PORT)")] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS (local tests only)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key, "
+                    "e.g. --set train.steps=200")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
+) -> None:
+    """Collect the nodes' packages, train on their union, evaluate on every node's held-out
+    patients and write report.html/report.json (or FedAvg with --strategy fedavg)."""
+    from medidd.config import ConfigError
+    from medidd.federation.config import load_federation_config
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(set_ or [])
+    if strategy is not None:
+        overrides.append(f"strategy={strategy.value}")
+    try:
+        cfg = load_federation_config(config, overrides)
+        from aggregator.run import train_deployment, train_simulation
+
+        if superlink:
+            report = train_deployment(cfg, out, superlink, root_certificates=root_certificates,
+                                      insecure=insecure, stream=not quiet)
+        else:
+            report = train_simulation(cfg, out, verbose=False)
+    except (ConfigError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _print_report(report, out)
+    if report.status != "ok":
+        raise typer.Exit(1)
+
+
+def _print_report(report: object, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medidd.federation.report import RunReport
+
+    assert isinstance(report, RunReport)
+    table = Table(title=f"MediDD {report.strategy} run ({report.status})")
+    for col in ("node", "status", "PSNR", "SSIM", "PSNR LQ", "slices", "bytes up", "note"):
+        table.add_column(col)
+    for n in report.nodes:
+        m = n.metrics
+        note = "; ".join([*n.reasons, *(f"missing in {r}" for r in n.missing_in)])[:120]
+        table.add_row(n.name, n.status, f"{m['psnr']:.2f}" if "psnr" in m else "",
+                      f"{m['ssim']:.3f}" if "ssim" in m else "",
+                      f"{m['psnr_lq']:.2f}" if "psnr_lq" in m else "",
+                      f"{m.get('n_slices', 0):.0f}", str(n.bytes_up), note)
+    console = Console()
+    console.print(table)
+    pooled = report.metrics
+    console.print(
+        f"pooled PSNR {pooled.get('psnr', float('nan')):.2f} dB (LQ "
+        f"{pooled.get('psnr_lq', float('nan')):.2f}), SSIM {pooled.get('ssim', float('nan')):.3f}"
+        f"; rounds {report.rounds}; bytes up {report.bytes_up}, down {report.bytes_down}; "
+        f"wall {report.wall_s:.1f} s")
+    if report.error:
+        console.print(f"[red]error: {report.error}[/red]")
+    console.print(f"report: {Path(out) / 'report.html'}")
+
+
+@app.command("make-certs")
+def make_certs(
+    out: Annotated[Path, typer.Option(help="folder for ca.crt, server.pem/.key, keys")] =
+        Path("certificates"),
+    host: Annotated[list[str] | None, typer.Option(help="DNS name or IP of the SuperLink "
+                    "(repeat); default localhost, 127.0.0.1, ::1")] = None,
+    supernode: Annotated[list[str] | None, typer.Option(help="make a key pair for this "
+                         "SuperNode (repeat)")] = None,
+    days: Annotated[int, typer.Option(help="validity in days")] = 30,
+) -> None:
+    """Development certificates: a CA, a SuperLink TLS certificate and SuperNode key pairs."""
+    from medidd.federation.certs import DEFAULT_HOSTS, make_dev_certificates
+
+    files = make_dev_certificates(out, hosts=tuple(host or DEFAULT_HOSTS),
+                                  supernodes=tuple(supernode or ()), days=days)
+    for role, path in files.items():
+        typer.echo(f"{role:>20}: {path}")
+    typer.echo("register each SuperNode's public key with: flwr supernode register KEY.pub "
+               "<connection>")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,97 @@
+"""Flower ServerApp of the aggregator: a thin driver over ``medidd.federation``.
+
+``strategy: distill``: ``query.collect`` -> validate every package (rejections recorded with
+their reasons and the node) -> train the downstream net on the union -> ``evaluate`` on every
+node's held-out real patients -> report. ``strategy: fedavg``: FedAvg on the nodes' raw slices
+with the same net, then the same ``evaluate`` round. Nodes that do not reply in time are
+reported missing and the run goes on with the others. The report (HTML + JSON) and the model
+weights are written atomically into the output folder, also when the run fails.
+
+The deployment app (``aggregator.server_app:app``) reads its configuration from the run
+config (``config-json``: the :class:`~medidd.federation.FederationConfig` as JSON;
+``out-dir``: where to write the report, on the SuperLink's machine), which
+``medidd-aggregate train --superlink`` fills in. The simulation builds its own app with
+:func:`build_server_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from aggregator.strategies import (
+    FederationError,
+    collect_and_train,
+    evaluate_round,
+    fedavg_rounds,
+)
+from aggregator.wire import wait_for_nodes
+from medidd._atomic import atomic_write_bytes
+from medidd.federation.config import FederationConfig
+from medidd.federation.report import RunLedger, RunReport, write_report
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "config-json"
+OUT_KEY = "out-dir"
+
+
+def run_federation(grid: Grid, cfg: FederationConfig, out: Path) -> RunReport:
+    """Run one federated training + evaluation and write the report into ``out``."""
+    out = Path(out)
+    start = time.perf_counter()
+    ledger = RunLedger(cfg.strategy, cfg.task, cfg.node_names())
+    ledger.extra["net"] = cfg.train.net.model_dump(mode="json")
+    error = None
+    try:
+        want = max(cfg.min_nodes, len(cfg.node_names()))
+        nodes = wait_for_nodes(grid, want, cfg.timeouts.wait_for_nodes_s)
+        logger.info("%d nodes online", len(nodes))
+        if len(nodes) < cfg.min_nodes:
+            raise FederationError(f"only {len(nodes)} nodes online after "
+                                  f"{cfg.timeouts.wait_for_nodes_s:.0f} s; the run needs "
+                                  f"{cfg.min_nodes} (min_nodes)")
+        if cfg.strategy == "distill":
+            state, spec = collect_and_train(grid, nodes, cfg, ledger, out)
+        else:
+            state, spec = fedavg_rounds(grid, nodes, cfg, ledger, out)
+        ledger.extra["degradation"] = spec
+        from safetensors.torch import save
+
+        atomic_write_bytes(out / "model.safetensors", save(state))
+        evaluate_round(grid, nodes, cfg, ledger, state, spec, out)
+    except FederationError as exc:
+        error = str(exc)
+        logger.error("run failed: %s", exc)
+    except Exception as exc:  # the report must say what happened, whatever it was
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("run failed:\n%s", traceback.format_exc())
+    report = ledger.finish(time.perf_counter() - start, error=error)
+    write_report(report, out)
+    return report
+
+
+def build_server_app(cfg: FederationConfig, out: Path) -> ServerApp:
+    """A ServerApp bound to ``cfg`` and ``out`` (the in-process simulation's)."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg, out)
+
+    return server
+
+
+#: The deployment ServerApp (``aggregator.server_app:app``): config from the run config.
+app = ServerApp()
+
+
+@app.main()
+def _deployment_main(grid: Grid, context: Context) -> None:
+    cfg = FederationConfig.model_validate_json(str(context.run_config[CONFIG_KEY]))
+    run_federation(grid, cfg, Path(str(context.run_config[OUT_KEY])))

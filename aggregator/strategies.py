@@ -1,0 +1,187 @@
+"""The two ways the aggregator gets a model: ``distill`` (collect packages, validate, train on
+the union) and ``fedavg`` (raw-data FedAvg baseline), then one federated ``evaluate`` round.
+
+Each function drives Flower messages through :mod:`aggregator.wire` and leaves every decision
+and computation to ``medidd.federation``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from aggregator.wire import exchange, refusal
+from medidd.federation import protocol as P
+from medidd.federation.config import FederationConfig
+from medidd.federation.fedavg import fedavg, state_problems
+from medidd.federation.policy import PackageVerdict, check_received_package
+from medidd.federation.report import RunLedger
+from medidd.federation.union import reconcile_degradation, train_on_union
+
+logger = logging.getLogger(__name__)
+
+State = dict[str, torch.Tensor]
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on (no package accepted, too few nodes); the report says why."""
+
+
+def _settings_record(data: dict[str, Any]) -> ConfigRecord:
+    return ConfigRecord({P.SETTINGS_JSON: json.dumps(data)})
+
+
+def _received_dir(cfg: FederationConfig, out: Path) -> Path | None:
+    return out / "received" if cfg.record_received else None
+
+
+def _package_files(reply_content: RecordDict) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    arrays = reply_content.array_records.get(P.PACKAGE)
+    if arrays is not None:
+        for name, arr in arrays.items():
+            files[name] = arr.numpy().tobytes()
+    meta = reply_content.config_records.get(P.META)
+    text = meta.get(P.MANIFEST_KEY) if meta is not None else None
+    if isinstance(text, str):
+        files[P.MANIFEST_KEY] = text.encode("utf-8")
+    return files
+
+
+def collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                      out: Path) -> tuple[State, dict[str, Any]]:
+    """``query.collect`` -> validate each package -> train on the union. Returns the trained
+    weights and the degradation spec used."""
+    replies = exchange(grid, ledger, nodes, P.COLLECT, lambda _: RecordDict(),
+                       timeout_s=cfg.timeouts.collect_s, round_name="collect",
+                       record_to=_received_dir(cfg, out))
+    kind = cfg.degradation.get("kind") if cfg.degradation else None
+    verdicts: dict[int, PackageVerdict] = {}
+    for node_id, reply in replies.items():
+        reason = refusal(reply)
+        if reason is not None:
+            ledger.set_status(node_id, "refused", [reason])
+            continue
+        try:
+            files = _package_files(reply.content)
+        except (ValueError, TypeError) as exc:
+            ledger.set_status(node_id, "rejected", [f"payload: not a package ({exc})"])
+            continue
+        verdicts[node_id] = check_received_package(files, cfg.policy, task=cfg.task,
+                                                   degradation_kind=kind)
+    spec = reconcile_degradation(list(verdicts.values()), cfg.degradation)
+    for node_id, v in verdicts.items():
+        node = ledger.node(node_id)
+        node.package_bytes = v.n_bytes
+        node.override = v.override
+        if v.manifest is not None:
+            node.n_images = v.manifest.n_images
+        ledger.set_status(node_id, "used" if v.accepted else "rejected", v.reasons)
+    ledger.rounds = 1
+    if spec is None or not any(v.accepted for v in verdicts.values()):
+        raise FederationError("no package was accepted; nothing to train on")
+    t0 = time.perf_counter()
+    union = train_on_union(list(verdicts.values()), cfg.train, spec)
+    ledger.train_s = time.perf_counter() - t0
+    ledger.n_train_images = union.n_images
+    ledger.lq_source = union.lq_source
+    state = {k: v.detach().cpu() for k, v in union.result.model.state_dict().items()}
+    return state, spec
+
+
+def _same(content: RecordDict) -> Callable[[int], RecordDict]:
+    """The same content for every node."""
+    return lambda _: content
+
+
+def _initial_state(cfg: FederationConfig) -> State:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = cfg.train.net.build()
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def fedavg_rounds(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                  out: Path) -> tuple[State, dict[str, Any]]:
+    """FedAvg on the nodes' raw slices for ``cfg.fedavg.rounds`` rounds; a node that misses a
+    round is dropped from the later ones (and reported missing)."""
+    if cfg.degradation is None:
+        raise FederationError("strategy fedavg needs the run's degradation spec (config key "
+                              "'degradation', e.g. {kind: gaussian, sigma: 0.05})")
+    state = _initial_state(cfg)
+    active = list(nodes)
+    t0 = time.perf_counter()
+    for rnd in range(1, cfg.fedavg.rounds + 1):
+        settings = _settings_record({
+            "net": cfg.train.net.model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json"),
+            "degradation": cfg.degradation,
+            "preprocess": cfg.preprocess.model_dump(mode="json"),
+            "local_steps": cfg.fedavg.local_steps,
+            "seed": cfg.train.seed + rnd,
+        })
+        content = RecordDict({P.MODEL: ArrayRecord(state), P.SETTINGS: settings})
+        replies = exchange(
+            grid, ledger, active, P.TRAIN, _same(content),
+            timeout_s=cfg.timeouts.train_s, round_name=f"train-{rnd}",
+            record_to=_received_dir(cfg, out))
+        states, weights = [], []
+        for node_id, reply in replies.items():
+            reason = refusal(reply)
+            if reason is not None:
+                ledger.set_status(node_id, "refused", [reason])
+                continue
+            new = reply.content.array_records[P.MODEL].to_torch_state_dict()
+            problems = state_problems(new, state)
+            n = float(reply.content.metric_records[P.METRICS][P.NUM_EXAMPLES])  # type: ignore[arg-type]
+            if problems or n <= 0:
+                ledger.set_status(node_id, "rejected", problems or ["num-examples <= 0"])
+                continue
+            ledger.set_status(node_id, "trained")
+            states.append(new)
+            weights.append(n)
+        active = [n for n in active if n in replies and ledger.node(n).status == "trained"]
+        if not states:
+            raise FederationError(f"FedAvg round {rnd}: no node returned usable weights")
+        state = fedavg(states, weights)
+        ledger.rounds = rnd
+        logger.info("FedAvg round %d/%d: averaged %d nodes", rnd, cfg.fedavg.rounds, len(states))
+    ledger.train_s = time.perf_counter() - t0
+    return state, cfg.degradation
+
+
+def evaluate_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                   state: State, spec: dict[str, Any], out: Path) -> None:
+    """Every node scores the model on its held-out real slices; aggregates go to the ledger."""
+    settings = _settings_record({
+        "net": cfg.train.net.model_dump(mode="json"),
+        "degradation": spec,
+        "preprocess": cfg.preprocess.model_dump(mode="json"),
+        "seed": cfg.eval.seed,
+        "batch_size": cfg.eval.batch_size,
+        "max_slices": cfg.eval.max_slices,
+    })
+    model = ArrayRecord(state)
+    replies = exchange(grid, ledger, nodes, P.EVALUATE,
+                       lambda _: RecordDict({P.MODEL: model, P.SETTINGS: settings}),
+                       timeout_s=cfg.timeouts.evaluate_s, round_name="evaluate",
+                       record_to=_received_dir(cfg, out))
+    for node_id, reply in replies.items():
+        reason = refusal(reply)
+        if reason is not None:
+            ledger.node(node_id).reasons.append(f"evaluate: {reason}")
+            continue
+        metrics = reply.content.metric_records.get(P.METRICS)
+        if metrics is None:
+            continue
+        allowed = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
+                   if k in P.EVAL_METRICS}
+        ledger.set_metrics(node_id, allowed)
