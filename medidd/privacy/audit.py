@@ -1,0 +1,402 @@
+"""The privacy audit that gates what leaves a hospital: PHI scan, memorisation, membership
+inference with a positive control, and a verdict against the site's :class:`AuditPolicy`.
+
+Runs at the site, where the raw data is. Orchestration only: the maths is in
+:mod:`medidd.privacy.phi`, :mod:`medidd.privacy.memorisation` and :mod:`medidd.privacy.mia`
+(trained models in :mod:`medidd.privacy.membership`).
+
+Verdict (every reason is collected):
+
+- **failed** when the PHI scan finds anything, when a distilled image is a near-copy of a real
+  slice (NCC >= ``near_copy_ncc``), above the ideal line with ``require_below_ideal``, or when
+  a gate attack reaches an AUC above ``max_mia_auc``;
+- otherwise **inconclusive** when membership inference could not run (no held-out patients) or
+  the positive control was not detected (AUC below ``min_control_auc``): the attack then proves
+  nothing. An inconclusive audit does not pass (``allow_inconclusive`` records it as passed,
+  with the reason, for demos);
+- otherwise **passed**.
+
+The manifest records ``passed`` or ``failed`` (inconclusive is recorded as failed, with
+``summary.inconclusive = 1``) and the sha256 of report.json; :func:`audit_gate` reads it.
+
+Example:
+    >>> AuditReport(verdict="passed").summary()
+    {'passed': 1.0, 'inconclusive': 0.0, 'phi_findings': 0.0}
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medidd
+from medidd.package import (
+    AuditInfo,
+    Manifest,
+    Package,
+    PackageError,
+    read_package,
+    update_manifest,
+)
+from medidd.preprocess.slices import SliceSet
+from medidd.privacy.membership import (
+    MembershipResult,
+    Progress,
+    attack_metrics,
+    audit_degradation,
+    audit_membership,
+)
+from medidd.privacy.memorisation import (
+    _normalise_rows,
+    cross_patient_reference,
+    memorisation_report,
+    nearest_real,
+)
+from medidd.privacy.phi import scan_package_dir
+from medidd.privacy.policy import AuditPolicy
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("passed", "failed", "inconclusive")
+REPORT_FORMAT = "medidd-audit/1"
+
+__all__ = ["AuditError", "AuditPolicy", "AuditReport", "attack_metrics", "audit_gate",
+           "record_audit", "run_audit"]
+
+
+class AuditError(ValueError):
+    """The audit cannot run (wrong salt, image size mismatch...); the message says the fix."""
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit found. ``memorisation`` holds the NCC and SSIM reports (JSON-ready),
+    ``pairs`` the distilled images and their nearest real slices (for the HTML, never JSON)."""
+
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    policy: AuditPolicy = field(default_factory=AuditPolicy)
+    package: dict[str, Any] = field(default_factory=dict)
+    phi_findings: list[str] = field(default_factory=list)
+    memorisation: dict[str, Any] = field(default_factory=dict)
+    membership: MembershipResult | None = None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    gate: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def summary(self) -> dict[str, float]:
+        """Scalar metrics for the package manifest (finite floats only)."""
+        out: dict[str, float] = {"passed": float(self.passed),
+                                 "inconclusive": float(self.verdict == "inconclusive" or
+                                                       bool(self.gate.get("inconclusive"))),
+                                 "phi_findings": float(len(self.phi_findings))}
+        for name, metric in (("ncc", "max_nn_ncc"), ("ssim", "max_nn_ssim")):
+            rep = self.memorisation.get(name) or {}
+            out[metric] = rep.get("max", float("nan"))
+            out[f"ideal_{name}"] = rep.get("ideal_line") or float("nan")
+        out["n_near_copies"] = float((self.memorisation.get("ncc") or {})
+                                     .get("n_above_near_copy", float("nan")))
+        m = self.membership
+        for who, model in (("", m.target if m else None), ("_control", m.control if m else None)):
+            for attack, outcome in (model.attacks.items() if model else []):
+                tag = "" if attack == "loss" else f"_{attack}"
+                out[f"mia_auc{tag}{who}"] = outcome.result.auc
+                out[f"tpr_at_1fpr{tag}{who}"] = outcome.result.tpr_at_1
+        for key in ("gate_auc", "control_auc"):
+            if self.gate.get(key) is not None:
+                out[key] = float(self.gate[key])  # type: ignore[arg-type]
+        return {k: float(v) for k, v in out.items() if v == v and abs(v) != float("inf")}
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable report (report.json): no image, no file name of a patient."""
+        return {
+            "format": REPORT_FORMAT,
+            "software_version": medidd.__version__,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "notes": list(self.notes),
+            "package": dict(self.package),
+            "policy": self.policy.model_dump(mode="json"),
+            "phi": {"findings": list(self.phi_findings)},
+            "memorisation": self.memorisation,
+            "membership": self.membership.to_dict() if self.membership else None,
+            "gate": dict(self.gate),
+            "summary": self.summary(),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def scan_package(path: Path) -> list[str]:
+    """PHI scan of a package folder, or of a .zip's members (extracted to a temporary folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return scan_package_dir(path)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = Path(info.filename)
+            if name.is_absolute() or ".." in name.parts:
+                return [f"{info.filename}: unsafe member path in the zip"]
+        zf.extractall(tmp)
+        return scan_package_dir(Path(tmp))
+
+
+def _ncc_shortlist(distilled: torch.Tensor, real: torch.Tensor, k: int, chunk: int = 512
+                   ) -> torch.Tensor:
+    """(N, k) indices of the ``k`` real slices of highest NCC to each distilled image."""
+    d = _normalise_rows(distilled)
+    best = torch.full((d.shape[0], 0), -2.0)
+    index = torch.zeros((d.shape[0], 0), dtype=torch.long)
+    for start in range(0, real.shape[0], chunk):
+        sims = d @ _normalise_rows(real[start : start + chunk]).T
+        best = torch.cat([best, sims], dim=1)
+        index = torch.cat([index, torch.arange(start, start + sims.shape[1]).expand_as(sims)], 1)
+        best, order = best.topk(min(k, best.shape[1]), dim=1)
+        index = index.gather(1, order)
+    return index
+
+
+def audit_memorisation(distilled: torch.Tensor, real_by_patient: dict[str, torch.Tensor],
+                       policy: AuditPolicy) -> tuple[dict[str, Any], torch.Tensor]:
+    """NCC report over every real slice, SSIM on an NCC shortlist, both against their ideal
+    lines; returns (JSON-ready report, (N, 1, H, W) nearest real slice by NCC of each image)."""
+    keys = list(real_by_patient)
+    real = torch.cat([real_by_patient[k] for k in keys]).float()
+    several = len(keys) >= 2
+    ncc_ref = (cross_patient_reference(real_by_patient, "ncc", policy.ideal_quantile)
+               if several else float("nan"))
+    ncc = memorisation_report(distilled, real_by_patient, policy.near_copy_ncc, "ncc",
+                              policy.ideal_quantile, reference=ncc_ref,
+                              max_shift=policy.max_shift)
+    offsets = dict(zip(keys, torch.tensor([0] + [len(real_by_patient[k]) for k in keys])
+                       .cumsum(0).tolist(), strict=False))
+    nearest = torch.stack([real[offsets[p] + i] for p, i in
+                           zip(ncc["nearest_patient"], ncc["nearest_slice"], strict=True)])
+    shortlist = _ncc_shortlist(distilled.float(), real, policy.ssim_shortlist)
+    ssim_vals = torch.stack([nearest_real(distilled[i : i + 1].float(), real[shortlist[i]],
+                                          "ssim", max_shift=policy.max_shift)[0][0]
+                             for i in range(distilled.shape[0])])
+    ssim_ref = (cross_patient_reference(real_by_patient, "ssim", policy.ideal_quantile,
+                                        max_per_patient=policy.reference_slices_per_patient)
+                if several else float("nan"))
+    ssim = {"metric": "ssim", "n_images": int(ssim_vals.numel()),
+            "max": float(ssim_vals.max()), "per_image": [float(v) for v in ssim_vals],
+            "shortlist": policy.ssim_shortlist, "ideal_quantile": policy.ideal_quantile,
+            "ideal_line": ssim_ref if several else None,
+            "n_above_ideal": int((ssim_vals > ssim_ref).sum()) if several else 0}
+    if not several:
+        ncc["ideal_line"] = None
+    return {"ncc": ncc, "ssim": ssim}, nearest
+
+
+def _gate_value(model: Any, attacks: Sequence[str], statistic: str) -> float | None:
+    if model is None:
+        return None
+    values = []
+    for name in attacks:
+        if name in model.attacks:
+            r = model.attacks[name].result
+            values.append(r.auc if statistic == "point" else r.auc_ci[1])
+    return max(values) if values else None
+
+
+def decide(report: AuditReport) -> None:
+    """Fill ``report.verdict``, ``reasons``, ``notes`` and ``gate`` from the findings."""
+    p = report.policy
+    failures, inconclusive = list(report.reasons), []
+    failures += [f"PHI: {f}" for f in report.phi_findings]
+    ncc, ssim = report.memorisation.get("ncc"), report.memorisation.get("ssim")
+    if ncc:
+        n, total = ncc["n_above_near_copy"], ncc["n_images"]
+        if n:
+            failures.append(f"memorisation: {n} of {total} distilled images are near-copies of "
+                            f"real slices (NCC >= {p.near_copy_ncc:g}; highest {ncc['max']:.3f})")
+        for rep in (ncc, ssim):
+            if rep and rep["ideal_line"] is not None and rep["n_above_ideal"]:
+                text = (f"memorisation: {rep['n_above_ideal']} of {rep['n_images']} images are "
+                        f"above the ideal line ({rep['metric'].upper()} {rep['ideal_line']:.3f}, "
+                        "closer to a patient than other patients are)")
+                (failures if p.require_below_ideal else report.notes).append(text)
+    m = report.membership
+    gate_auc = control_auc = None
+    if m is None or m.status != "run":
+        why = m.reason if m else "membership inference switched off (run_mia: false)"
+        inconclusive.append(f"membership inference not run: {why}")
+    else:
+        gate_auc = _gate_value(m.target, p.gate_attacks, p.auc_statistic)
+        control_auc = _gate_value(m.control, p.gate_attacks, "point")
+        if gate_auc is not None and gate_auc > p.max_mia_auc:
+            failures.append(f"membership inference: AUC {gate_auc:.3f} ({p.auc_statistic}, best "
+                            f"of {', '.join(p.gate_attacks)}) is above {p.max_mia_auc:g}")
+        if control_auc is None or control_auc < p.min_control_auc:
+            shown = "n/a" if control_auc is None else f"{control_auc:.3f}"
+            inconclusive.append(f"positive control not detected: AUC {shown} on a model trained "
+                                f"on the members' raw slices is below {p.min_control_auc:g}, so "
+                                "the attack cannot show that the package is safe")
+    report.gate = {"gate_auc": gate_auc, "control_auc": control_auc,
+                   "inconclusive": float(bool(inconclusive))}
+    report.reasons = failures + inconclusive
+    if failures:
+        report.verdict = "failed"
+    elif inconclusive and not p.allow_inconclusive:
+        report.verdict = "inconclusive"
+    else:
+        if inconclusive:
+            report.notes.append("inconclusive audit accepted by the policy (allow_inconclusive)")
+        report.verdict = "passed"
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _package_info(pkg: Package) -> dict[str, Any]:
+    m = pkg.manifest
+    return {"method": m.method, "task": m.task, "modality": m.modality,
+            "n_images": m.n_images, "n_patients": len(m.patients), "ipc": m.ipc,
+            "image_size": m.image_size, "degradation": dict(m.degradation),
+            "dp_enabled": bool(m.dp and m.dp.enabled), "method_config_hash": m.method_config_hash}
+
+
+def _check_slices(sets: Sequence[SliceSet], m: Manifest, what: str) -> list[str]:
+    bad = sorted({s.size for s in sets if s.size != m.image_size})
+    mods = sorted({s.modality for s in sets if s.modality != m.modality})
+    out = []
+    if bad:
+        out.append(f"{what} slices are {bad} px but the package images are {m.image_size} px; "
+                   "preprocess the patients with the package's size (preprocess.size)")
+    if mods:
+        out.append(f"{what} include {mods} patients but the package is {m.modality}")
+    return out
+
+
+def run_audit(
+    package_path: Path,
+    patients: Sequence[SliceSet],
+    holdout: Sequence[SliceSet] | None = None,
+    policy: AuditPolicy | None = None,
+    progress: Progress | None = None,
+) -> AuditReport:
+    """Audit the package at ``package_path`` against the site's real slices.
+
+    Args:
+        package_path: the package folder (or .zip).
+        patients: the site's patients (preprocessed like the package); those whose pseudonymous
+            key is in the manifest are the members, the others are held out.
+        holdout: held-out patients; when given, they are the non-members (the site's patients
+            outside the package are then only used for memorisation).
+        policy: thresholds and model settings (default :class:`AuditPolicy`).
+        progress: ``(stage, done, total)`` callbacks.
+
+    Raises:
+        AuditError: no patient of the package is among ``patients`` (another salt?), or the
+            slices do not match the package (size, modality).
+
+    A package that does not read back valid (or holds extra files such as DICOM) is not an
+    error: the report is ``failed`` with the PHI findings and every package problem.
+    """
+    t0 = time.perf_counter()
+    policy = policy or AuditPolicy()
+    findings = scan_package(Path(package_path)) if policy.phi_scan else []
+    try:
+        pkg = read_package(Path(package_path))
+    except PackageError as exc:
+        report = AuditReport(verdict="failed", policy=policy, phi_findings=findings,
+                             reasons=[f"package invalid: {p}" for p in exc.problems])
+        decide(report)
+        report.seconds = time.perf_counter() - t0
+        return report
+    m = pkg.manifest
+    in_package = {p.key for p in m.patients}
+    members = [s for s in patients if s.patient_key in in_package]
+    others = [s for s in patients if s.patient_key not in in_package]
+    holdout = list(holdout or [])
+    problems = _check_slices([*patients, *holdout], m, "the site's")
+    leaked = sorted({s.patient_key for s in holdout} & in_package)
+    if leaked:
+        problems.append(f"{len(leaked)} held-out patients are in the package; --holdout must "
+                        "hold patients that were not distilled")
+    if not members:
+        problems.append(f"none of the package's {len(m.patients)} patients is among the "
+                        f"{len(patients)} patients given; were they pseudonymised with the same "
+                        "site salt (--salt-file) and is --patients the folder that was distilled?")
+    if problems:
+        raise AuditError("cannot audit this package:\n  " + "\n  ".join(problems))
+    report = AuditReport(verdict="inconclusive", policy=policy, package=_package_info(pkg))
+    missing = len(in_package) - len(members)
+    if missing:
+        report.notes.append(f"{missing} of the package's {len(m.patients)} patients were not "
+                            "found at the site; their images are audited for memorisation "
+                            "against the slices available")
+    report.package["members_found"] = len(members)
+    report.phi_findings = findings
+    if progress:
+        progress("memorisation", 0, 1)
+    real = {s.patient_key: s.images for s in [*members, *others, *holdout]}
+    report.memorisation, nearest = audit_memorisation(pkg.hq, real, policy)
+    report.pairs = (pkg.hq, nearest)
+    if progress:
+        progress("memorisation", 1, 1)
+    if policy.run_mia:
+        window = tuple(m.window) if m.modality == "CT" else (0.0, 1.0)
+        degrade = audit_degradation(m.degradation, window, policy.fast_degradation)  # type: ignore[arg-type]
+        ranges = [(p.key, p.start, p.stop) for p in m.patients]
+        report.membership = audit_membership(pkg.hq, ranges, members, holdout or others,
+                                             degrade, policy, progress)
+        report.notes += report.membership.notes
+    decide(report)
+    report.seconds = time.perf_counter() - t0
+    logger.info("audit %s: %d reasons (%.1f s)", report.verdict, len(report.reasons),
+                report.seconds)
+    return report
+
+
+def record_audit(package_path: Path, report: AuditReport, report_sha256: str) -> Manifest:
+    """Write the verdict into the package manifest (``audit.status`` passed / failed, the
+    sha256 of report.json, the summary metrics). A previous operator override is dropped: it
+    was given for an earlier audit, and must be recorded again if still wanted."""
+    old = read_package(Path(package_path)).manifest.audit
+    if old is not None and old.override is not None:
+        logger.warning("a new audit replaces the previous one; its operator override is removed")
+    info = AuditInfo(status="passed" if report.passed else "failed",
+                     report_sha256=report_sha256, summary=report.summary())
+    return update_manifest(Path(package_path), audit=info)
+
+
+def audit_gate(package_path: Path, accept_override: bool = True) -> tuple[bool, str]:
+    """May this package leave the site? ``(ok, reason)``: ok only for a valid package whose
+    recorded audit passed, or (``accept_override``) whose manifest records an operator override.
+
+    The decision is :func:`medidd.federation.policy.audit_gate`, the one the aggregator applies.
+
+    Example:
+        >>> audit_gate(Path("/nonexistent/pkg"))[0]
+        False
+    """
+    from medidd.federation.policy import audit_gate as manifest_gate
+
+    try:
+        manifest = read_package(Path(package_path)).manifest
+    except PackageError as exc:
+        return False, f"package invalid: {'; '.join(exc.problems[:5])}"
+    reason, override = manifest_gate(manifest, accept_override)
+    if reason is not None:
+        return False, reason
+    if override is not None:
+        return True, f"audit not passed, served under the recorded override ({override})"
+    return True, "audit passed"

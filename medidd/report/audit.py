@@ -1,0 +1,186 @@
+"""The audit report: ``report.json`` for machines and a self-contained ``report.html`` for the
+privacy officer (every figure embedded as a base64 PNG; it shows real slices, so it stays at
+the site). The JSON holds no image and no file name of a patient; its sha256 goes into the
+package manifest (:func:`medidd.privacy.audit.record_audit`).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from medidd.privacy.audit import AuditReport
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> files = write_report(AuditReport(verdict="inconclusive", reasons=["no holdout"]), d)
+    >>> sorted(p.name for p in (files.html, files.json)), len(files.json_sha256)
+    (['report.html', 'report.json'], 64)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medidd._atomic import atomic_write_bytes, atomic_write_text
+from medidd.privacy.audit import AuditReport
+from medidd.report.plots import histogram_figure, memorisation_figure, pairs_figure, roc_figure
+
+#: Keys every report.json has at the top level (documented in docs/privacy.md).
+JSON_KEYS = ("format", "software_version", "verdict", "passed", "reasons", "notes", "package",
+             "policy", "phi", "memorisation", "membership", "gate", "summary", "seconds")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths of the written report and the sha256 (hex) of report.json's bytes."""
+
+    html: Path
+    json: Path
+    json_sha256: str
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, recursively, so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def report_json(report: AuditReport) -> str:
+    """report.json's text: sorted keys, strict JSON (no NaN)."""
+    return json.dumps(_finite(report.to_json()), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        return f"[{v[0]:.3f}, {v[1]:.3f}]"
+    return html.escape(str(v))
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _list(items: list[str]) -> str:
+    if not items:
+        return "<p>none</p>"
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _attack_rows(report: AuditReport) -> str:
+    m = report.membership
+    if m is None or m.status != "run":
+        return "<p>Membership inference was not run.</p>"
+    head = ("<tr><th>model</th><th>attack</th><th>AUC</th><th>95% CI</th><th>TPR@1%FPR</th>"
+            "<th>TPR@0.1%FPR</th><th>members</th><th>non-members</th><th>FPR floor</th></tr>")
+    rows = []
+    for who, model in (("package model", m.target), ("positive control", m.control)):
+        for name, out in (model.attacks.items() if model else []):
+            r = out.result
+            rows.append(f"<tr><td>{who}</td><td>{name}</td><td>{r.auc:.3f}</td>"
+                        f"<td>{_fmt(list(r.auc_ci))}</td><td>{r.tpr_at_1:.3f}</td>"
+                        f"<td>{r.tpr_at_0_1:.3f}</td><td>{r.n_members}</td>"
+                        f"<td>{r.n_nonmembers}</td><td>{r.fpr_floor:.4f}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _figures(report: AuditReport) -> list[str]:
+    parts = []
+    m = report.membership
+    if m is not None and m.status == "run":
+        for who, model in (("package model", m.target), ("positive control (raw slices)",
+                                                          m.control)):
+            if model is None:
+                continue
+            scores = {k: (v.member_scores, v.nonmember_scores) for k, v in model.attacks.items()}
+            parts.append(f"<h3>{who}</h3>")
+            parts.append(_img(roc_figure(scores, f"ROC, {who}"), f"ROC {who}"))
+            parts.append(_img(histogram_figure(scores, f"attack scores, {who}"),
+                              f"scores {who}"))
+    mem = report.memorisation
+    if mem:
+        values: dict[str, list[float]] = {k: mem[k]["per_image"] for k in ("ncc", "ssim")
+                                         if k in mem}
+        lines = {"ncc": {"near_copy": mem["ncc"].get("near_copy_line"),
+                         "ideal": mem["ncc"].get("ideal_line")},
+                 "ssim": {"ideal": mem.get("ssim", {}).get("ideal_line")}}
+        parts.append("<h3>memorisation</h3>")
+        parts.append(_img(memorisation_figure(values, lines), "memorisation histogram"))
+    if report.pairs is not None and mem:
+        distilled, nearest = report.pairs
+        parts.append("<h3>distilled images beside their nearest real slice</h3>")
+        parts.append(_img(pairs_figure(distilled, nearest, mem["ncc"]["per_image"]),
+                          "nearest pairs"))
+    return parts
+
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left;font-size:13px}.v{display:inline-block;padding:4px 14px;border-radius:4px;
+color:#fff;font-weight:bold}.passed{background:#2a7}.failed{background:#c33}
+.inconclusive{background:#d90}img{max-width:100%;margin:.5em 0}.warn{color:#a50}"""
+
+
+def report_html(report: AuditReport) -> str:
+    """The self-contained HTML page of ``report``."""
+    p = report.policy
+    s = report.summary()
+    lines = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>MediDD privacy audit: {report.verdict}</title><style>{_CSS}</style></head><body>",
+        "<h1>MediDD privacy audit</h1>",
+        f"<p><span class='v {report.verdict}'>{report.verdict.upper()}</span></p>",
+        "<p class='warn'>This page shows real patient slices: keep it at the site. "
+        "report.json holds the same numbers without images.</p>",
+        "<h2>Reasons</h2>", _list(report.reasons),
+        "<h2>Notes</h2>", _list(report.notes),
+        "<h2>Package</h2>", _table(list(report.package.items())),
+        "<h2>Summary</h2>", _table(sorted(s.items())),
+        "<h2>Policy</h2>",
+        _table([("near-copy line (NCC)", p.near_copy_ncc),
+                ("ideal line quantile", p.ideal_quantile),
+                ("fail above the ideal line", p.require_below_ideal),
+                ("max membership AUC", f"{p.max_mia_auc} ({p.auc_statistic})"),
+                ("gate attacks", ", ".join(p.gate_attacks)),
+                ("min control AUC", p.min_control_auc),
+                ("LiRA reference models", p.n_reference_models),
+                ("inconclusive passes", p.allow_inconclusive)]),
+        "<h2>PHI scan</h2>", _list(report.phi_findings),
+        "<h2>Membership inference</h2>", _attack_rows(report),
+        "<p>AUC 0.5 = the attacker cannot tell members from non-members; TPR at a low FPR is "
+        "what a careful attacker achieves. Intervals resample slices; slices of one patient are "
+        "correlated, so read them with the number of patients in mind. The positive control is "
+        "the same attack on a model trained on the members' raw slices: if it is not detected, "
+        "the audit is inconclusive.</p>",
+        *_figures(report),
+        "</body></html>",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: AuditReport, out_dir: Path) -> ReportFiles:
+    """Write ``report.json`` then ``report.html`` into ``out_dir`` (each atomically).
+
+    Keep ``out_dir`` outside the package folder: the HTML shows real slices and must not leave.
+    """
+    out_dir = Path(out_dir)
+    text = report_json(report)
+    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+    atomic_write_text(json_path, text)
+    atomic_write_bytes(html_path, report_html(report).encode("utf-8"))
+    return ReportFiles(html=html_path, json=json_path,
+                       json_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())

@@ -1,0 +1,263 @@
+"""The privacy audit on real CT patients: PHI, memorisation, membership inference, verdict,
+manifest record, gate and the ``medidd-node audit`` command on a real DICOM tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from hospital_node.audit_cli import audit
+from medidd.distill.config import DistillConfig
+from medidd.distill.run import distill_site
+from medidd.io.sample_data import make_sample_patients
+from medidd.package import read_package, write_package
+from medidd.preprocess.cohort import prepare_patients
+from medidd.preprocess.pipeline import PreprocessConfig
+from medidd.preprocess.slices import SliceSet
+from medidd.privacy.audit import AuditError, audit_gate, record_audit, run_audit
+from medidd.privacy.membership import attack_metrics, audit_degradation, eval_set
+from medidd.privacy.policy import AuditPolicy
+from medidd.report.audit import JSON_KEYS, write_report
+
+SIZE = 32
+SALT = b"0" * 32
+SPEC = {"kind": "ct_lowdose", "dose": 0.25}
+#: CPU-sized models: the audit's machinery, not its statistical power, is under test here.
+FAST = {
+    "target": {"net": {"name": "dncnn", "width": 8, "depth": 3}, "steps": 30, "batch_size": 8,
+               "patch_size": 24, "loss": "l2"},
+    "control": {"net": {"name": "dncnn", "width": 8, "depth": 3}, "steps": 30, "batch_size": 8,
+                "patch_size": None, "loss": "l2", "redraw_lq": False},
+    "n_reference_models": 2, "max_eval_slices_per_patient": 12, "control_slices_per_patient": 4,
+    "n_boot": 50, "reference_slices_per_patient": 12,
+}
+
+
+@pytest.fixture(scope="module")
+def dicom_tree(real_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "dicom"
+    make_sample_patients(real_samples, out, modality="CT")
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(dicom_tree: Path) -> list[SliceSet]:
+    """The 4 real CT patients at 32 px (abdomen, chest CTA, lung1, lung2)."""
+    return list(prepare_patients(dicom_tree, salt=SALT, cfg=PreprocessConfig(size=SIZE)).slices)
+
+
+@pytest.fixture(scope="module")
+def members(site: list[SliceSet]) -> list[SliceSet]:
+    return [site[0], site[2]]
+
+
+@pytest.fixture(scope="module")
+def atlas_pkg(members: list[SliceSet], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prior_only package with the atlas prior: nothing of any local patient."""
+    cfg = DistillConfig.model_validate({"method": "prior_only", "prior": {"kind": "atlas"},
+                                        "ipc": 2, "device": "cpu", "degradation": SPEC,
+                                        "preprocess": {"size": SIZE}})
+    out = tmp_path_factory.mktemp("pkgs") / "atlas"
+    return distill_site(members, cfg, out).package
+
+
+def _planted(atlas_pkg: Path, members: list[SliceSet], out: Path) -> Path:
+    """The atlas package with its first image replaced by a real slice of a member."""
+    pkg = read_package(atlas_pkg)
+    m = pkg.manifest
+    hq = pkg.hq.clone()
+    hq[0] = members[0].images[len(members[0]) // 2]
+    return write_package(out, hq, pkg.lq, task=m.task, modality=m.modality,
+                         degradation=m.degradation, window=tuple(m.window),
+                         patients=[(p.key, p.n_images) for p in m.patients], ipc=m.ipc,
+                         method="random", seed=0, method_config={"planted": True})
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def full_audit(atlas_pkg: Path, site: list[SliceSet]):  # type: ignore[no-untyped-def]
+    """One complete audit (PHI, memorisation, LiRA with references, positive control)."""
+    stages: list[str] = []
+    report = run_audit(atlas_pkg, site, None, AuditPolicy.model_validate(FAST),
+                       progress=lambda s, d, n: stages.append(s))
+    return report, stages
+
+
+def test_atlas_package_passes_memorisation(atlas_pkg: Path, site: list[SliceSet]) -> None:
+    report = run_audit(atlas_pkg, site, None, AuditPolicy(run_mia=False))
+    ncc = report.memorisation["ncc"]
+    assert ncc["n_above_near_copy"] == 0
+    assert ncc["max"] < 0.95
+    assert not any(r.startswith("memorisation") for r in report.reasons)
+    # membership inference off: the audit must not silently pass
+    assert report.verdict == "inconclusive"
+    assert any("membership inference not run" in r for r in report.reasons)
+
+
+def test_planted_real_slice_fails(atlas_pkg: Path, members: list[SliceSet], site: list[SliceSet],
+                                  tmp_path: Path) -> None:
+    planted = _planted(atlas_pkg, members, tmp_path / "planted")
+    report = run_audit(planted, site, None, AuditPolicy(run_mia=False))
+    assert report.verdict == "failed"
+    ncc = report.memorisation["ncc"]
+    assert ncc["n_above_near_copy"] == 1 and ncc["per_image"][0] > 0.999
+    assert ncc["nearest_patient"][0] == members[0].patient_key
+    assert report.memorisation["ssim"]["per_image"][0] > 0.999
+    assert any("near-copies" in r for r in report.reasons)
+    assert report.pairs is not None and torch.equal(report.pairs[1][0], report.pairs[0][0])
+
+
+def test_dicom_in_package_fails_phi(atlas_pkg: Path, site: list[SliceSet], dicom_corpus: Path,
+                                    tmp_path: Path) -> None:
+    pkg = _copy(atlas_pkg, tmp_path / "pkg")
+    dcm = next(p for p in sorted(dicom_corpus.rglob("*")) if p.is_file() and
+               p.read_bytes()[128:132] == b"DICM")
+    shutil.copy(dcm, pkg / "extra.bin")
+    report = run_audit(pkg, site, None, AuditPolicy(run_mia=False))
+    assert report.verdict == "failed"
+    assert any(r.startswith("PHI: extra.bin") and "DICOM" in r for r in report.reasons)
+
+
+def test_no_heldout_patient_is_inconclusive(atlas_pkg: Path, members: list[SliceSet]) -> None:
+    strict = run_audit(atlas_pkg, members, None, AuditPolicy())
+    assert strict.verdict == "inconclusive" and not strict.passed
+    assert strict.membership is not None and strict.membership.status == "not_run"
+    loose = run_audit(atlas_pkg, members, None, AuditPolicy(allow_inconclusive=True))
+    assert loose.verdict == "passed"
+    assert any("allow_inconclusive" in n for n in loose.notes)
+
+
+def test_wrong_salt_is_a_usage_error(atlas_pkg: Path, site: list[SliceSet]) -> None:
+    # another salt gives other pseudonymous keys: nothing matches the manifest
+    rekeyed = [SliceSet(s.images, s.z, "p-" + "f" * 7 + str(i), s.modality, s.window)
+               for i, s in enumerate(site)]
+    with pytest.raises(AuditError, match="same site salt"):
+        run_audit(atlas_pkg, rekeyed, None, AuditPolicy(run_mia=False))
+
+
+def test_full_audit_runs_every_part(full_audit) -> None:  # type: ignore[no-untyped-def]
+    report, stages = full_audit
+    m = report.membership
+    assert m is not None and m.status == "run"
+    assert m.counts["member_patients"] == 2 and m.counts["nonmember_patients"] == 2
+    assert set(m.target.attacks) == {"loss", "lira"} == set(m.control.attacks)
+    assert m.target.n_references == 2
+    assert {"package model", "package references", "control model",
+            "control references", "memorisation"} <= set(stages)
+    assert report.verdict in ("passed", "failed", "inconclusive")
+    assert 0.0 <= report.gate["gate_auc"] <= 1.0
+
+
+def test_report_and_manifest_record(full_audit, atlas_pkg: Path,  # type: ignore[no-untyped-def]
+                                    tmp_path: Path) -> None:
+    report, _ = full_audit
+    pkg = _copy(atlas_pkg, tmp_path / "pkg")
+    files = write_report(report, tmp_path / "report")
+    doc = json.loads(files.json.read_text())
+    assert set(JSON_KEYS) == set(doc)
+    assert doc["verdict"] == report.verdict
+    assert hashlib.sha256(files.json.read_bytes()).hexdigest() == files.json_sha256
+    html = files.html.read_text()
+    assert html.count("data:image/png;base64,") >= 6  # 2 ROC, 2 histograms, memorisation, pairs
+    assert "p-" not in json.dumps(doc["package"])  # no patient key in the package summary
+    manifest = record_audit(pkg, report, files.json_sha256)
+    again = read_package(pkg).manifest
+    assert again == manifest
+    assert again.audit is not None and again.audit.report_sha256 == files.json_sha256
+    assert again.audit.status == ("passed" if report.passed else "failed")
+    assert again.audit.summary["mia_auc_control"] == pytest.approx(
+        report.membership.control.attacks["loss"].result.auc)
+    assert audit_gate(pkg)[0] is report.passed
+
+
+def test_gate(atlas_pkg: Path, tmp_path: Path) -> None:
+    from medidd.federation.node import record_audit_override
+    from medidd.package import update_manifest
+
+    pkg = _copy(atlas_pkg, tmp_path / "pkg")
+    ok, reason = audit_gate(pkg)
+    assert not ok and "no privacy audit" in reason
+    update_manifest(pkg, audit={"status": "failed"})
+    assert not audit_gate(pkg)[0]
+    record_audit_override(pkg, "privacy officer", "accepted for the demo")
+    ok, reason = audit_gate(pkg)
+    assert ok and "override" in reason
+    assert not audit_gate(pkg, accept_override=False)[0]
+    update_manifest(pkg, audit={"status": "passed"})
+    assert audit_gate(pkg) == (True, "audit passed")
+
+
+class NearestNeighbour(nn.Module):
+    """A model that memorises its training pairs perfectly: it returns the stored HQ slice
+    whose stored LQ input is closest to the input (a 1-nearest-neighbour regressor)."""
+
+    def __init__(self, lq: torch.Tensor, hq: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("lq", lq.flatten(1))
+        self.register_buffer("hq", hq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hq[torch.cdist(x.flatten(1), self.lq).argmin(dim=1)]
+
+
+def _interleaved(sets: list[SliceSet], n: int) -> tuple[list[SliceSet], list[SliceSet]]:
+    """Members = even slices, non-members = odd slices of the same patients (no patient
+    effect: only memorisation can separate them)."""
+    def part(s: SliceSet, offset: int) -> SliceSet:
+        idx = torch.arange(offset, min(len(s), 2 * n), 2)
+        return SliceSet(s.images[idx], s.z[idx], s.patient_key, s.modality, s.window)
+
+    return [part(s, 0) for s in sets], [part(s, 1) for s in sets]
+
+
+def test_memorising_model_is_detected(site: list[SliceSet]) -> None:
+    mem, non = _interleaved(site[2:], 16)
+    ev = eval_set(mem, seed=5, limit=None, degrade=audit_degradation(SPEC, site[0].window))
+    metrics = attack_metrics(NearestNeighbour(ev.lq, ev.hq), mem, non, SPEC, seed=5)
+    assert metrics["auc"] > 0.95
+    assert metrics["tpr_at_1fpr"] > 0.5
+
+
+def test_untrained_model_is_not_detected(site: list[SliceSet]) -> None:
+    mem, non = _interleaved(site[2:], 16)
+    torch.manual_seed(0)
+    untrained = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3,
+                                                                                 padding=1))
+    metrics = attack_metrics(untrained, mem, non, SPEC, seed=5, n_boot=100)
+    assert abs(metrics["auc"] - 0.5) < 0.2
+    assert metrics["auc_low"] < 0.5 < metrics["auc_high"]
+
+
+def test_cli_fails_on_planted_copy(dicom_tree: Path, atlas_pkg: Path, members: list[SliceSet],
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIDD_HOME", str(tmp_path / "home"))
+    salt = tmp_path / "salt"
+    salt.write_bytes(SALT)
+    planted = _planted(atlas_pkg, members, tmp_path / "planted")
+    config = tmp_path / "audit.yaml"
+    config.write_text(json.dumps(FAST))  # JSON is YAML
+    app = typer.Typer()
+    app.command()(audit)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
+    args = ["audit", "--package", str(planted), "--patients", str(dicom_tree), "--config",
+            str(config), "--salt-file", str(salt), "--json", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["verdict"] == "failed"
+    report = tmp_path / "planted.audit" / "report.json"
+    assert json.loads(report.read_text())["summary"]["n_near_copies"] == 1.0
+    assert read_package(planted).manifest.audit.status == "failed"
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "nowhere"), *args[5:]])
+    assert bad.exit_code == 2
