@@ -32,3 +32,5 @@ __all__ = [
     "ssim",
     "train_enhancer",
 ]
+
+from medidd.train import gradprom as _gradprom  # noqa: F401  (registers sum, gradprom)
