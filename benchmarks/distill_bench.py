@@ -52,26 +52,24 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "label": "x2",
     },
 }
-#: benchmark label -> (registered method, prior kind or None for the configured default)
-METHODS: dict[str, tuple[str, str | None]] = {
-    "full": ("full", None),
-    "random": ("random", None),
-    "herding": ("herding", None),
-    "kcenter": ("kcenter", None),
-    "dc_real": ("dc_real", None),
-    "dc_noise": ("dc_noise", None),
-    "dm": ("dm", None),
-    "idc": ("idc", None),
-    "tripled": ("tripled", None),
-    "prior_only": ("prior_only", None),
-    "spg_gm": ("spg_gm", None),
-    "pixel_gm": ("pixel_gm", None),
-    "spg_gm_mean": ("spg_gm", "mean"),
-    "spg_gm_medoid": ("spg_gm", "medoid"),
-    "spg_gm_atlas": ("spg_gm", "atlas"),
-    "prior_only_mean": ("prior_only", "mean"),
-    "prior_only_medoid": ("prior_only", "medoid"),
-    "prior_only_atlas": ("prior_only", "atlas"),
+#: benchmark label -> (registered method, prior kind or None for the configured default,
+#: config overrides of the variant)
+METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "full": ("full", None, {}), "random": ("random", None, {}),
+    "herding": ("herding", None, {}), "kcenter": ("kcenter", None, {}),
+    "dc_real": ("dc_real", None, {}), "dc_noise": ("dc_noise", None, {}),
+    "dm": ("dm", None, {}), "idc": ("idc", None, {}), "tripled": ("tripled", None, {}),
+    "prior_only": ("prior_only", None, {}), "spg_gm": ("spg_gm", None, {}),
+    "pixel_gm": ("pixel_gm", None, {}),
+    "spg_gm_mean": ("spg_gm", "mean", {}), "spg_gm_medoid": ("spg_gm", "medoid", {}),
+    "spg_gm_atlas": ("spg_gm", "atlas", {}),
+    "prior_only_mean": ("prior_only", "mean", {}),
+    "prior_only_medoid": ("prior_only", "medoid", {}),
+    "prior_only_atlas": ("prior_only", "atlas", {}),
+    "spg_gm_highpass": ("spg_gm", None, {"spg": {"residual": "highpass"}}),
+    "spg_gm_fullres": ("spg_gm", None, {"spg": {"residual": "full"}}),
+    "spg_gm_gm_only": ("spg_gm", None, {"matching": {"objective": "gm"}}),
+    "spg_gm_lfd_only": ("spg_gm", None, {"matching": {"objective": "lfd"}}),
 }
 PRIOR_KINDS = ("mean", "medoid", "atlas")
 IPCS = (1, 2, 5)
@@ -248,20 +246,21 @@ def run_fold(
     full_ev = None
     rows = 0
     for label in ["full", *[m for m in methods if m != "full"]]:
-        name, prior_kind = METHODS[label]
+        name, prior_kind, variant = METHODS[label]
         for ipc in [0] if label == "full" else ipcs:
             if (setting, fold, label, ipc) in done and label != "full":
                 continue
-            cfg = DistillConfig.model_validate(
-                {
-                    **bundle["config"],
-                    "method": name,
-                    "ipc": max(ipc, 1),
-                    "task": st["task"],
-                    "degradation": st["degradation"],
-                    "device": str(dev),
-                }
-            )
+            base = {
+                **DistillConfig().model_dump(mode="json"),
+                "method": name,
+                "ipc": max(ipc, 1),
+                "task": st["task"],
+                "degradation": st["degradation"],
+                "device": str(dev),
+            }
+            for section, values in variant.items():
+                base[section] = {**base[section], **values}
+            cfg = DistillConfig.model_validate(base)
             kind = prior_kind or cfg.prior.kind
             method = method_factory(name)(cfg)
             prior = None

@@ -31,7 +31,9 @@ RESIDUALS = ("full", "highpass")
 
 
 class PriorConfig(StrictModel):
-    """The shared anatomical prior.
+    """The shared anatomical prior (default ``atlas``: it holds nothing of a local patient, so
+    a DP guarantee covers the whole output; measured, the registered ``mean`` prior of our CT
+    site reached NN-NCC 0.93 to a real slice, next to the 0.95 near-copy line).
 
     ``mean``: population mean of z-matched slices of the site's patients, groupwise-registered
     (affine, SimpleITK) when ``registered`` is on. ``medoid``: the paper's representative
@@ -39,7 +41,7 @@ class PriorConfig(StrictModel):
     generated anatomical template holding nothing of any local patient.
     """
 
-    kind: str = "mean"
+    kind: str = "atlas"
     registered: bool = True
     registration_iterations: int = Field(2, ge=0, le=10)
 
