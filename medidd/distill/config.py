@@ -22,6 +22,7 @@ from medidd.degrade.spec import DegradationSpec
 from medidd.distill.options import DMOptions, IDCOptions, TripleDOptions
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.prior import PRIOR_KINDS
+from medidd.privacy.dp import DPConfig
 
 TASKS = ("denoise", "sr")
 
@@ -138,6 +139,7 @@ class DistillConfig(StrictModel):
     ``degradation`` defaults to the task's standard operator for the site's modality
     (:func:`medidd.degrade.spec.default_spec`: 25% dose low-dose CT; x2 k-space MR SR...).
     ``min_slices`` is the fewest usable slices a patient must have to be distilled.
+    ``dp`` makes ``spg_gm`` differentially private (privacy unit: one slice; per patient).
     """
 
     task: Literal["denoise", "sr"] = "denoise"
@@ -154,6 +156,7 @@ class DistillConfig(StrictModel):
     dm: DMOptions = Field(default_factory=DMOptions)
     idc: IDCOptions = Field(default_factory=IDCOptions)
     tripled: TripleDOptions = Field(default_factory=TripleDOptions)
+    dp: DPConfig = Field(default_factory=DPConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @field_validator("task", mode="before")

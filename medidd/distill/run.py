@@ -90,6 +90,10 @@ def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
     if len(modalities) > 1:
         problems.append(f"patients of several modalities {modalities}: distil one at a time")
     method = method_factory(cfg.method)(cfg)
+    if cfg.dp.enabled and cfg.method != "spg_gm":
+        problems.append(f"dp.enabled is implemented for method spg_gm, not '{cfg.method}'")
+    if cfg.dp.enabled and cfg.matching.objective != "gm":
+        problems.append("dp.enabled needs matching.objective=gm (lfd reads real images directly)")
     for s in cohort:
         if len(s) < cfg.min_slices:
             problems.append(
@@ -103,6 +107,29 @@ def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
             )
     if problems:
         raise DistillError("cannot distil this site:\n  " + "\n  ".join(problems))
+
+
+def dp_manifest(
+    cfg: DistillConfig, infos: list[dict[str, float]], *, prior_local: bool
+) -> dict[str, Any] | None:
+    """The manifest's ``dp`` record: the worst (largest) per-patient epsilon actually spent,
+    the noise and sampling used, and what the guarantee does not cover."""
+    if not cfg.dp.enabled:
+        return None
+    if cfg.method != "spg_gm":
+        raise DistillError(f"dp.enabled is implemented for method spg_gm, not '{cfg.method}'")
+    return {
+        "enabled": True,
+        "epsilon": max(i["dp_epsilon"] for i in infos),
+        "delta": cfg.dp.delta,
+        "noise_multiplier": min(i["dp_noise_multiplier"] for i in infos),
+        "max_grad_norm": cfg.dp.max_grad_norm,
+        "steps": int(max(i["dp_steps"] for i in infos)),
+        "sample_rate": max(i["dp_sample_rate"] for i in infos),
+        "accountant": "rdp",
+        "covers": ["synthetic_hq", "synthetic_lq", "per_patient_slice_level"],
+        "not_covered": ["prior_from_local_patients"] if prior_local else [],
+    }
 
 
 def _save_ckpt(path: Path, d: Distilled) -> None:
@@ -197,6 +224,7 @@ def distill_site(
             _save_ckpt(ckpt, done)
         result.info[real.patient_key] = done.info
         outputs.append(done)
+    dp = dp_manifest(cfg, [d.info for d in outputs], prior_local=bool(prior and prior.local_data))
     hq = torch.cat([d.hq for d in outputs])
     lq = torch.cat([d.lq for d in outputs])
     result.package = write_package(
@@ -215,6 +243,7 @@ def distill_site(
         seed=cfg.seed,
         method_config=mconfig,
         method_config_hash=chash,
+        dp=dp,
         software_version=medidd.__version__,
         overwrite=overwrite,
     )

@@ -26,7 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,11 @@ from medidd.distill.matching import (
 )
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.base import Prior
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from medidd.privacy.dp import DPGradientSource
 
 
 class SPGGenerator(nn.Module):
@@ -109,6 +117,47 @@ def structure_loss(
     return F.mse_loss(_gaussian_blur(syn, sigma), _gaussian_blur(prior, sigma)) * 100.0
 
 
+def _one_patch_per_slice(
+    size: int, generator: torch.Generator
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A transform cropping one random patch per sampled slice (the DP unit stays a slice)."""
+
+    def crop(lq: torch.Tensor, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = hq.shape
+        s = min(size, h, w)
+        ys = torch.randint(0, h - s + 1, (n,), generator=generator).tolist()
+        xs = torch.randint(0, w - s + 1, (n,), generator=generator).tolist()
+        lq_p = [lq[i, :, y : y + s, x : x + s] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
+        hq_p = [hq[i, :, y : y + s, x : x + s] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
+        if n == 0:
+            return lq[:, :, :s, :s], hq[:, :, :s, :s]
+        return torch.stack(lq_p), torch.stack(hq_p)
+
+    return crop
+
+
+def _dp_source(
+    real_img: torch.Tensor, real_lq: torch.Tensor, cfg: DistillConfig, seed: int
+) -> DPGradientSource:
+    """The patient's DP real-gradient source, noise calibrated to ``cfg.dp.epsilon``."""
+    from medidd.privacy.dp import DPGradientSource, noise_multiplier_for
+
+    m, dp = cfg.matching, cfg.dp
+    q = min(1.0, m.real_batch / real_img.shape[0])
+    steps = m.iterations * m.outer_loop
+    sigma = noise_multiplier_for(dp.epsilon, dp.delta, q, steps)
+    g = torch.Generator().manual_seed(seed + 7)
+    return DPGradientSource(
+        real_lq.cpu(),
+        real_img.cpu(),
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        sample_rate=q,
+        generator=g,
+        transform=_one_patch_per_slice(m.patch_size, g),
+    )
+
+
 def _take_prior(prior: Prior | None, ipc: int, name: str) -> Prior:
     if prior is None:
         raise ValueError(f"method '{name}' needs a prior; set prior.kind (mean, medoid or atlas)")
@@ -166,6 +215,23 @@ class SPGMatching:
         degrade = ctx.matching_degrade
         use_gm = "gm" in m.objective.split("+")
         use_lfd = "lfd" in m.objective.split("+")
+        dp_src = None
+        if self.cfg.dp.enabled:
+            if use_lfd:
+                raise ValueError(
+                    "dp.enabled needs matching.objective: gm (the lfd term reads the real images "
+                    "directly, outside the DP mechanism); set matching.objective=gm"
+                )
+            if prior.local_data:
+                logger.warning(
+                    "DP distillation from a '%s' prior: the prior is computed from local "
+                    "patients without DP, so the guarantee does not cover it "
+                    "(use prior.kind=atlas)",
+                    prior.kind,
+                )
+            with torch.no_grad():
+                real_lq = degrade(real_img, ctx.seed + 99)
+            dp_src = _dp_source(real_img, real_lq, self.cfg, ctx.seed)
 
         # the residual lives inside the body: in air (prior ~ 0) the clip would half-rectify
         # a zero-mean texture into bright speckles that no real HQ image has
@@ -196,7 +262,10 @@ class SPGMatching:
                     s_hq_p, s_lq_p = random_patches(
                         [syn, s_lq], m.syn_patches, m.patch_size, gen_rng
                     )
-                    g_real = net_gradients(net, r_lq_p, r_hq_p, create_graph=False)
+                    if dp_src is not None:
+                        g_real = [g.to(dev) for g in dp_src.step(net)]
+                    else:
+                        g_real = net_gradients(net, r_lq_p, r_hq_p, create_graph=False)
                     g_syn = net_gradients(net, s_lq_p, s_hq_p, create_graph=True)
                     loss = loss + gm_distance(g_real, g_syn)
                 if use_lfd:
@@ -232,4 +301,11 @@ class SPGMatching:
             "steps": float(step),
             "seconds": time.perf_counter() - t0,
         }
+        if dp_src is not None:
+            info.update(
+                dp_noise_multiplier=dp_src.noise_multiplier,
+                dp_sample_rate=dp_src.sample_rate,
+                dp_steps=float(dp_src.steps),
+                dp_epsilon=dp_src.epsilon(self.cfg.dp.delta),
+            )
         return finish(hq, ctx, info)
