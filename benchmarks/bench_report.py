@@ -11,25 +11,16 @@ from typing import Any
 from medidd._atomic import atomic_write_text
 
 ORDER = [
-    "full",
-    "random",
-    "herding",
-    "kcenter",
-    "tripled",
-    "dc_real",
-    "dc_noise",
-    "dm",
-    "idc",
-    "prior_only",
-    "prior_only_mean",
-    "prior_only_medoid",
-    "prior_only_atlas",
-    "pixel_gm",
-    "spg_gm",
-    "spg_gm_mean",
-    "spg_gm_medoid",
-    "spg_gm_atlas",
+    "full", "random", "herding", "kcenter", "tripled", "dc_real", "dc_noise", "dm", "idc",
+    "prior_only", "prior_only_mean", "prior_only_medoid", "prior_only_atlas", "pixel_gm",
+    "spg_gm", "spg_gm_mean", "spg_gm_medoid", "spg_gm_atlas", "spg_gm_highpass",
+    "spg_gm_fullres", "spg_gm_gm_only", "spg_gm_lfd_only",
 ]
+
+
+def _ordered(methods: set[str]) -> list[str]:
+    """Known methods in table order, then any other (a new variant) alphabetically."""
+    return [m for m in ORDER if m in methods] + sorted(methods - set(ORDER))
 REAL_SLICES = {"full", "random", "herding", "kcenter", "tripled", "dc_real"}
 
 
@@ -82,7 +73,7 @@ def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = [m for m in ORDER if any(k[0] == setting and k[1] == m for k in summary)]
+    methods = _ordered({k[1] for k in summary if k[0] == setting})
     for m in methods:
         pts = sorted(
             (k[2], statistics.mean(v["psnr"]))
@@ -148,7 +139,7 @@ def write_report(work: Path, out: Path) -> Path:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lq = summary[srows[0]]["psnr_lq"]
-        for m in ORDER:
+        for m in _ordered({k[1] for k in srows}):
             for ipc in sorted({k[2] for k in srows if k[1] == m}):
                 v = summary[(setting, m, ipc)]
                 lines.append(

@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     fed = yaml.safe_load((ROOT / "configs/federation.yaml").read_text())
+    # demo-sized compute (configs/federation.yaml keeps the production budget): a smaller net
+    # and fewer steps, FedAvg with the same total steps per node
+    fed["train"].update({"net": {"name": "dncnn", "width": 16, "depth": 5}, "steps": 300})
+    fed["fedavg"] = {"rounds": 3, "local_steps": 100}
+    fed["eval"]["max_slices"] = 32
     fed["nodes"] = [{"name": n, "package": str(out / n / "distilled"),
                      "patients": str(out / n / "dicom"), "salt_file": str(out / n / "salt"),
                      "override_audit": True} for n in HOSPITALS]

@@ -9,7 +9,10 @@ Message types (see :mod:`medidd.federation.protocol`):
 
 - ``query.collect`` -> the package files + manifest, or a refusal with one line of reason;
 - ``evaluate`` (model weights + settings) -> aggregate PSNR/SSIM on held-out real slices;
-- ``train`` (weights + settings) -> locally trained weights + number of examples.
+- ``train`` (weights + settings) -> locally trained weights + number of examples;
+- ``query.audit`` (weights + settings) -> aggregates of a membership attack on the model with
+  the node's members (its package's patients) and non-members (held-out patients), or a
+  refusal saying why the node cannot audit.
 
 Run it with ``flower-supernode`` (``medidd-node serve`` does that) and ``flwr run``, or in the
 simulation (``medidd-aggregate train``).
@@ -28,6 +31,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from medidd.federation import protocol as P
+from medidd.federation.audit import membership_split, node_audit
 from medidd.federation.local import (
     degradation_fn,
     load_patients,
@@ -38,6 +42,7 @@ from medidd.federation.local import (
 )
 from medidd.federation.node import NodeRefusal, NodeSettings, package_to_serve
 from medidd.nets import NetConfig
+from medidd.package import Manifest
 from medidd.package._source import load_files
 from medidd.package.validate import parse_manifest
 from medidd.preprocess.pipeline import PreprocessConfig
@@ -61,12 +66,17 @@ def _round_settings(msg: Message) -> dict[str, Any]:
     return dict(json.loads(str(msg.content[P.SETTINGS][P.SETTINGS_JSON])))
 
 
-def _local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> Any:
-    manifest = None
-    if settings.package is not None:  # its patients are members: held-out = the others
-        files, _ = load_files(Path(settings.package), settings.max_package_bytes)
-        if files and P.MANIFEST_KEY in files:
-            manifest, _ = parse_manifest(files[P.MANIFEST_KEY])
+def _package_manifest(settings: NodeSettings) -> Manifest | None:
+    if settings.package is None:
+        return None
+    files, _ = load_files(Path(settings.package), settings.max_package_bytes)
+    if not files or P.MANIFEST_KEY not in files:
+        return None
+    manifest, _ = parse_manifest(files[P.MANIFEST_KEY])
+    return manifest
+
+
+def _patients(settings: NodeSettings, preprocess: PreprocessConfig) -> tuple[Any, Any]:
     if settings.patients is None and settings.holdout is None:
         raise NodeRefusal(f"node {settings.name} has no patients configured (node config keys "
                           "'patients' / 'holdout')")
@@ -74,6 +84,13 @@ def _local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> Any:
         else []
     holdout = load_patients(settings.holdout, preprocess, settings) if settings.holdout \
         else None
+    return patients, holdout
+
+
+def _local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> Any:
+    # the package's patients are members: held-out = the others
+    manifest = _package_manifest(settings)
+    patients, holdout = _patients(settings, preprocess)
     return split_local(patients, holdout, manifest)
 
 
@@ -145,6 +162,31 @@ def train(msg: Message, settings: NodeSettings) -> Message:
     return Message(content, reply_to=msg)
 
 
+def audit(msg: Message, settings: NodeSettings) -> Message:
+    """Membership attack on the received model with the node's own members / non-members;
+    replies the aggregates of :data:`~medidd.federation.protocol.AUDIT_METRICS` only."""
+    try:
+        rs = _round_settings(msg)
+        preprocess = PreprocessConfig.model_validate(rs["preprocess"])
+        patients, holdout = _patients(settings, preprocess)
+        members, nonmembers = membership_split(settings.name, patients, holdout,
+                                               _package_manifest(settings), rs["strategy"])
+        state = msg.content.array_records[P.MODEL].to_torch_state_dict()
+        metrics = node_audit(NetConfig.model_validate(rs["net"]), state, members, nonmembers,
+                             rs["degradation"], seed=int(rs["seed"]), n_boot=int(rs["n_boot"]),
+                             max_slices_per_patient=rs.get("max_slices_per_patient"))
+    except NodeRefusal as exc:
+        logger.warning("not auditing: %s", exc)
+        return _refusal(msg, settings.name, str(exc))
+    except (ValueError, KeyError, RuntimeError, ImportError) as exc:
+        logger.exception("membership audit failed")
+        return _refusal(msg, settings.name, f"membership audit failed ({type(exc).__name__}); "
+                        "see the node's log")
+    record = MetricRecord({k: float(metrics[k]) for k in P.AUDIT_METRICS if k in metrics})
+    meta = ConfigRecord({P.NODE_NAME: settings.name})
+    return Message(RecordDict({P.METRICS: record, P.META: meta}), reply_to=msg)
+
+
 def build_client_app(simulated: Sequence[NodeSettings] | None = None) -> ClientApp:
     """The ClientApp; ``simulated`` maps the simulation's partition ids to node settings
     (``None``: read them from each SuperNode's ``--node-config``)."""
@@ -154,6 +196,10 @@ def build_client_app(simulated: Sequence[NodeSettings] | None = None) -> ClientA
     @client.query("collect")
     def _collect(msg: Message, context: Context) -> Message:
         return collect(msg, _settings(context, table))
+
+    @client.query("audit")
+    def _audit(msg: Message, context: Context) -> Message:
+        return audit(msg, _settings(context, table))
 
     @client.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:

@@ -10,6 +10,12 @@ Example:
     True
 """
 
+from medidd.federation.audit import (
+    AuditConfig,
+    check_audit_metrics,
+    membership_split,
+    pooled_audit,
+)
 from medidd.federation.certs import make_dev_certificates, make_supernode_keys
 from medidd.federation.config import (
     STRATEGIES,
@@ -45,6 +51,7 @@ from medidd.federation.union import UnionResult, reconcile_degradation, train_on
 
 __all__ = [
     "STRATEGIES",
+    "AuditConfig",
     "CollectionPolicy",
     "EvalConfig",
     "FedAvgConfig",
@@ -60,12 +67,15 @@ __all__ = [
     "Timeouts",
     "UnionResult",
     "audit_gate",
+    "check_audit_metrics",
     "check_received_package",
     "fedavg",
     "load_federation_config",
     "make_dev_certificates",
     "make_supernode_keys",
+    "membership_split",
     "package_to_serve",
+    "pooled_audit",
     "read_report",
     "reconcile_degradation",
     "record_audit_override",

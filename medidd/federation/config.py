@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from medidd._options import look_up_option
 from medidd.config import StrictModel, load_config
+from medidd.federation.audit import AuditConfig
 from medidd.federation.node import NodeSettings
 from medidd.federation.policy import CollectionPolicy
 from medidd.preprocess.pipeline import PreprocessConfig
@@ -66,6 +67,7 @@ class Timeouts(StrictModel):
     collect_s: float = Field(120.0, gt=0)
     train_s: float = Field(600.0, gt=0)
     evaluate_s: float = Field(300.0, gt=0)
+    audit_s: float = Field(600.0, gt=0)
 
 
 class FederationConfig(StrictModel):
@@ -77,7 +79,8 @@ class FederationConfig(StrictModel):
     accepted packages (which must then agree). ``min_nodes`` is the least number of nodes the
     run needs; fewer replies make it fail with a report that says so. ``record_received`` keeps
     a copy of every payload the server received (``received/`` in the report folder) for a
-    privacy review of what crossed the wire."""
+    privacy review of what crossed the wire. ``audit.enabled`` adds a federated membership
+    audit of the trained model after the ``evaluate`` round (:mod:`medidd.federation.audit`)."""
 
     task: str = "denoise"
     strategy: str = "distill"
@@ -88,6 +91,7 @@ class FederationConfig(StrictModel):
     fedavg: FedAvgConfig = Field(default_factory=lambda: FedAvgConfig.model_validate({}))
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig.model_validate({}))
     policy: CollectionPolicy = Field(default_factory=lambda: CollectionPolicy.model_validate({}))
+    audit: AuditConfig = Field(default_factory=lambda: AuditConfig.model_validate({}))
     timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}))
     min_nodes: int = Field(1, ge=1)
     expected_nodes: list[str] = Field(default_factory=list)

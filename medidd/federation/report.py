@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medidd._atomic import atomic_write_text
+from medidd.federation.audit import pooled_audit
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class NodeReport(BaseModel):
     """One node: ``status`` (``used``: its package trained the model; ``rejected``: the
     aggregator refused its package, ``reasons`` say why; ``refused``: the node declined to
     send one; ``missing``: it did not reply in time (``missing_in`` names the rounds);
-    ``trained``: it took part in FedAvg), its scores on its held-out patients."""
+    ``trained``: it took part in FedAvg), its scores on its held-out patients, and its
+    membership ``audit`` of the trained model (aggregates; ``audit_note``: why there is none)."""
 
     name: str
     node_id: int | None = None
@@ -51,10 +53,14 @@ class NodeReport(BaseModel):
     bytes_up: int = 0
     bytes_down: int = 0
     metrics: dict[str, float] = Field(default_factory=dict)
+    audit: dict[str, float] = Field(default_factory=dict)
+    audit_note: str | None = None
 
 
 class RunReport(BaseModel):
-    """The whole run; ``metrics`` are slice-weighted means over the nodes that scored."""
+    """The whole run; ``metrics`` are slice-weighted means over the nodes that scored;
+    ``audit`` is the pooled membership audit (:func:`~medidd.federation.audit.pooled_audit`),
+    ``None`` when the run did not ask for one."""
 
     strategy: str
     task: str
@@ -72,6 +78,7 @@ class RunReport(BaseModel):
     missing: list[str] = Field(default_factory=list)
     rejected: dict[str, list[str]] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
+    audit: dict[str, float] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -105,6 +112,7 @@ class RunLedger:
         self.train_s: float | None = None
         self.n_train_images: int | None = None
         self.lq_source: str | None = None
+        self.audit_requested = False
         self.extra: dict[str, Any] = {}
 
     def node(self, node_id: int) -> NodeReport:
@@ -133,6 +141,14 @@ class RunLedger:
         self.node(node_id).metrics = {k: float(v) for k, v in metrics.items()
                                       if math.isfinite(float(v))}
 
+    def set_audit(self, node_id: int, metrics: Mapping[str, float] | None = None,
+                  note: str | None = None) -> None:
+        """Record a node's membership audit (aggregates) or why it has none."""
+        self.audit_requested = True
+        n = self.node(node_id)
+        n.audit = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
+        n.audit_note = note
+
     def mark_missing(self, node_id: int, round_name: str) -> None:
         """The node did not reply to ``round_name`` in time (or its reply was an error)."""
         n = self.node(node_id)
@@ -156,6 +172,7 @@ class RunLedger:
             bytes_down=sum(n.bytes_down for n in nodes), n_train_images=self.n_train_images,
             lq_source=self.lq_source, nodes=sorted(nodes, key=lambda n: n.name),
             missing=sorted(missing), rejected=rejected, metrics=pooled_metrics(scored),
+            audit=pooled_audit([n.audit for n in nodes]) if self.audit_requested else None,
             extra=self.extra,
         )
 
@@ -164,6 +181,34 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
+
+
+AUDIT_COLUMNS: tuple[str, ...] = ("auc", "auc_low", "auc_high", "tpr_at_1fpr", "fpr_floor",
+                                  "n_member_patients", "n_nonmember_patients", "n_members",
+                                  "n_nonmembers")
+
+
+def audit_html(report: RunReport) -> str:
+    """The membership-audit section of the HTML report (empty when no audit was asked)."""
+    if report.audit is None:
+        return ""
+    head = "".join(f"<th>{k}</th>" for k in ("node", *AUDIT_COLUMNS, "note"))
+    rows = []
+    for n in report.nodes:
+        note = n.audit_note or ("" if n.audit else "no reply")
+        cells = [n.name, *(n.audit.get(k, "") for k in AUDIT_COLUMNS), note]
+        rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
+    pooled = ", ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in report.audit.items())
+    return (
+        "<h2>Membership audit of the trained model</h2>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        f"<p>Pooled: {pooled or 'no node could audit'}.</p>"
+        "<p>Each node ran a loss-threshold membership attack on the trained model with its own "
+        "members (the patients its package was distilled from) and non-members (its held-out "
+        "patients), and sent only these aggregates. AUC 0.5 = the attack cannot tell them "
+        "apart; [auc_low, auc_high] is a 95% bootstrap interval; below fpr_floor, TPR is at "
+        "FPR 0. Pooled AUC: node AUCs weighted by member x non-member pairs.</p>"
+    )
 
 
 def report_html(report: RunReport) -> str:
@@ -203,7 +248,7 @@ def report_html(report: RunReport) -> str:
         f"<p>started {html.escape(report.started)} UTC</p><table>{srows}</table>"
         f"<h2>Nodes</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
         "<p>Metrics are each node's scores on its own held-out real patients (aggregates "
-        "only); nothing else leaves a node.</p></body></html>\n"
+        f"only); nothing else leaves a node.</p>{audit_html(report)}</body></html>\n"
     )
 
 
