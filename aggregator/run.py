@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medidd.config import ConfigError
 from medidd.federation.config import FederationConfig
+from medidd.federation.executables import flower_executable
 from medidd.federation.report import RunReport, read_report
 
 if TYPE_CHECKING:
@@ -119,11 +118,10 @@ def connection_toml(address: str, root_certificates: Path | None, insecure: bool
 
 def flwr_executable() -> str:
     """The ``flwr`` CLI next to this Python, or on PATH."""
-    local = Path(sys.executable).parent / "flwr"
-    found = str(local) if local.exists() else shutil.which("flwr")
-    if found is None:
-        raise ConfigError("the 'flwr' command is not installed: pip install 'medidd[fl]'")
-    return found
+    try:
+        return flower_executable("flwr")
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def train_deployment(cfg: FederationConfig, out: Path, superlink: str, *,

@@ -17,13 +17,12 @@ Example:
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medidd.federation.executables import flower_executable
 from medidd.federation.local import default_salt_file
 from medidd.federation.node import NodeSettings, package_to_serve, record_audit_override
 
@@ -55,11 +54,7 @@ def node_config_string(config: Mapping[str, Any]) -> str:
 
 def supernode_executable() -> str:
     """``flower-supernode`` next to this Python, or on PATH."""
-    local = Path(sys.executable).parent / "flower-supernode"
-    found = str(local) if local.exists() else shutil.which("flower-supernode")
-    if found is None:
-        raise FileNotFoundError("flower-supernode is not installed: pip install 'medidd[fl]'")
-    return found
+    return flower_executable("flower-supernode")
 
 
 def supernode_command(
