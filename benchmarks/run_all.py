@@ -63,9 +63,10 @@ def ingest(samples: Path, work: Path) -> None:
     atomic_write_text(DOCS / "ingest.md", "# Ingestion throughput\n\n"
                       f"Machine: {machine()}. Reproduce: `python -m benchmarks.run_all --only "
                       "ingest`.\n\nDICOM files to normalised 128 px tensors (ingest + MONAI "
-                      f"preprocessing, no cache), {t['patients']} real patients: "
-                      f"**{t['slices_per_s']} DICOM slices/s** ({t['dicom_slices']} slices in "
-                      f"{t['seconds']} s).\n\n" + ingest_throughput._markdown(result) + "\n")
+                      f"preprocessing, no cache): {t['dicom_slices']} DICOM slices of the 7 real "
+                      f"sample patients read and decoded, the {t['patients']} patients of the "
+                      f"site's modality (CT) preprocessed, in {t['seconds']} s: "
+                      f"**{t['slices_per_s']} DICOM slices/s**.\n\n" + ingest_throughput._markdown(result) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
