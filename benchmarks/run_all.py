@@ -66,7 +66,8 @@ def ingest(samples: Path, work: Path) -> None:
                       f"preprocessing, no cache): {t['dicom_slices']} DICOM slices of the 7 real "
                       f"sample patients read and decoded, the {t['patients']} patients of the "
                       f"site's modality (CT) preprocessed, in {t['seconds']} s: "
-                      f"**{t['slices_per_s']} DICOM slices/s**.\n\n" + ingest_throughput._markdown(result) + "\n")
+                      f"**{t['slices_per_s']} DICOM slices/s**.\n\n"
+                      + ingest_throughput._markdown(result) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
