@@ -222,8 +222,10 @@ def attack_model(
                                                .flatten(1).mean(1).double().numpy()))
 
     def summarise(pos: np.ndarray, neg: np.ndarray) -> AttackOutcome:
-        return AttackOutcome(pos, neg, evaluate_attack(pos, neg, n_boot=n_boot, alpha=alpha,
-                                                       seed=seed))
+        # patient-level (cluster) bootstrap: slices of one patient are not independent
+        return AttackOutcome(pos, neg, evaluate_attack(
+            pos, neg, n_boot=n_boot, alpha=alpha, seed=seed,
+            member_groups=list(members.keys), nonmember_groups=list(nonmembers.keys)))
 
     out.attacks["loss"] = summarise(loss_threshold_scores(t_mem), loss_threshold_scores(t_non))
     if references:
