@@ -35,6 +35,16 @@ def _salt(salt_file: Path | None) -> bytes:
     return load_or_create_salt(salt_file or medidd_home() / "salt")
 
 
+def _dims(values: object, fmt: str) -> str:
+    if not isinstance(values, list | tuple):
+        return str(values or "")
+    return "×".join(fmt.format(int(v) if fmt == "{:d}" else float(v)) for v in values)
+
+
+def _num(value: object) -> str:
+    return f"{float(value):.0f}" if isinstance(value, int | float) else str(value or "")
+
+
 @app.command()
 def inspect(
     patients: Patients,
@@ -87,23 +97,27 @@ def inspect(
         from rich.table import Table
 
         t = Table(title=f"usable series ({usable} patients)")
-        for col in ("patient", "series", "modality", "slices", "shape", "spacing", "min", "max"):
-            t.add_column(col)
+        for col in (
+            "patient",
+            "series",
+            "modality",
+            "slices",
+            "shape (z×y×x)",
+            "spacing mm",
+            "min",
+            "max",
+        ):
+            t.add_column(col, no_wrap=True)
         for r in volumes:
             t.add_row(
-                *(
-                    str(r.get(c, ""))
-                    for c in (
-                        "patient",
-                        "series",
-                        "modality",
-                        "slices",
-                        "shape",
-                        "spacing",
-                        "min",
-                        "max",
-                    )
-                )
+                str(r.get("patient", "")),
+                str(r.get("series", "")),
+                str(r.get("modality", "")),
+                str(r.get("slices", "")),
+                _dims(r.get("shape"), "{:d}"),
+                _dims(r.get("spacing"), "{:.2f}"),
+                _num(r.get("min")),
+                _num(r.get("max")),
             )
         out.print(t)
         if skipped:
