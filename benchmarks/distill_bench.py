@@ -303,7 +303,9 @@ def run_fold(
                 full_ev = ev
             assert full_ev is not None
             nn_max = float(nearest_real(hq, site_real)[0].max())
-            gain = (ev.psnr - ev.psnr_lq) / max(full_ev.psnr - ev.psnr_lq, 1e-6)
+            # share of the full-data gain; undefined (NaN) when full data gains nothing
+            denom = full_ev.psnr - ev.psnr_lq
+            gain = (ev.psnr - ev.psnr_lq) / denom if abs(denom) > 1e-6 else float("nan")
             row = {
                 "task": st["task"],
                 "setting": st["label"],
