@@ -24,14 +24,24 @@ def _ordered(methods: set[str]) -> list[str]:
 REAL_SLICES = {"full", "random", "herding", "kcenter", "tripled", "dc_real"}
 
 
+def gain_retained(psnr: float, psnr_lq: float, psnr_full: float) -> float:
+    """Share of the full-data PSNR gain over the input; NaN when full data gains nothing."""
+    denom = psnr_full - psnr_lq
+    return (psnr - psnr_lq) / denom if abs(denom) > 1e-6 else float("nan")
+
+
 def load_rows(work: Path) -> list[dict[str, Any]]:
+    """Every row of ``rows-*.jsonl``; ``gain_retained`` recomputed from the PSNRs it holds."""
     rows = []
     for f in sorted(work.glob("rows-*.jsonl")):
         rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["gain_retained"] = gain_retained(r["psnr"], r["psnr_lq"], r["psnr_full"])
     return rows
 
 
 def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
+    values = [v for v in values if v == v]  # drop NaN (undefined ratios)
     if not values:
         return "–"
     if len(values) == 1:

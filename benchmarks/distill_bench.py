@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.bench_report import gain_retained
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "ct25": {
         "modality": "CT",
@@ -303,9 +305,7 @@ def run_fold(
                 full_ev = ev
             assert full_ev is not None
             nn_max = float(nearest_real(hq, site_real)[0].max())
-            # share of the full-data gain; undefined (NaN) when full data gains nothing
-            denom = full_ev.psnr - ev.psnr_lq
-            gain = (ev.psnr - ev.psnr_lq) / denom if abs(denom) > 1e-6 else float("nan")
+            gain = gain_retained(ev.psnr, ev.psnr_lq, full_ev.psnr)
             row = {
                 "task": st["task"],
                 "setting": st["label"],
