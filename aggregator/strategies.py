@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 
 from aggregator.wire import exchange, refusal
 from medidd.federation import protocol as P
+from medidd.federation.audit import check_audit_metrics
 from medidd.federation.config import FederationConfig
 from medidd.federation.fedavg import fedavg, state_problems
 from medidd.federation.policy import PackageVerdict, check_received_package
@@ -185,3 +186,41 @@ def evaluate_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: 
         allowed = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
                    if k in P.EVAL_METRICS}
         ledger.set_metrics(node_id, allowed)
+
+
+def audit_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                state: dict[str, torch.Tensor], spec: dict[str, Any], out: Path) -> None:
+    """``query.audit``: the nodes whose data trained the model attack it with their own members
+    and non-members; only allowed, in-range aggregates reach the ledger."""
+    trained = [n for n in nodes if ledger.node(n).status in ("used", "trained")]
+    for node_id in sorted(set(nodes) - set(trained)):
+        ledger.set_audit(node_id, note="not audited: its data did not train the model")
+    if not trained:
+        return
+    settings = _settings_record({
+        "strategy": cfg.strategy,
+        "net": cfg.train.net.model_dump(mode="json"),
+        "degradation": spec,
+        "preprocess": cfg.preprocess.model_dump(mode="json"),
+        "seed": cfg.audit.seed,
+        "n_boot": cfg.audit.n_boot,
+        "max_slices_per_patient": cfg.audit.max_slices_per_patient,
+    })
+    model = ArrayRecord(state)
+    replies = exchange(grid, ledger, trained, P.AUDIT,
+                       lambda _: RecordDict({P.MODEL: model, P.SETTINGS: settings}),
+                       timeout_s=cfg.timeouts.audit_s, round_name="audit",
+                       record_to=_received_dir(cfg, out))
+    for node_id in trained:
+        reply = replies.get(node_id)
+        reason = refusal(reply) if reply is not None else "no reply"
+        metrics = reply.content.metric_records.get(P.METRICS) if reply is not None else None
+        if reason is not None or metrics is None:
+            ledger.set_audit(node_id, note=reason or "no metrics in the reply")
+            continue
+        clean, problems = check_audit_metrics(dict(metrics))
+        if problems:
+            logger.warning("audit reply of node %s dropped: %s", node_id, "; ".join(problems))
+            ledger.set_audit(node_id, note="reply dropped: " + "; ".join(problems))
+        else:
+            ledger.set_audit(node_id, clean)
