@@ -16,6 +16,7 @@ Example:
     torch.Size([1, 1, 32, 32])
 """
 
+from medidd.degrade._random import PerImageSeeds
 from medidd.degrade.ct_lowdose import ct_lowdose, inserted_variance
 from medidd.degrade.kspace import kspace_mask, kspace_truncate
 from medidd.degrade.noise import gaussian_noise, rician_noise
@@ -34,6 +35,7 @@ __all__ = [
     "Degradation",
     "DegradationSpec",
     "ParallelBeam",
+    "PerImageSeeds",
     "build_degradation",
     "ct_lowdose",
     "default_spec",

@@ -120,7 +120,7 @@ def kspace_truncate(
             raise ValueError("kspace_truncate: noise_sigma > 0 needs a seed")
         # Image-domain variance per channel = s^2 * sum(mask^2) / (H W) with orthonormal FFTs.
         s = noise_sigma * math.sqrt(height * width / float((mask * mask).sum()))
-        noise = standard_normal((2, *hq.shape), hq, seed)
+        noise = standard_normal((2, *hq.shape), hq, seed, batch_dim=1)
         spectrum = spectrum + s * torch.complex(noise[0], noise[1])
     spectrum = spectrum * mask
     image = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho")

@@ -57,7 +57,7 @@ def rician_noise(hq: torch.Tensor, sigma: float, seed: Seed) -> torch.Tensor:
     """
     check_images(hq, "rician_noise")
     _check_sigma(sigma)
-    noise = standard_normal((2, *hq.shape), hq, seed)
+    noise = standard_normal((2, *hq.shape), hq, seed, batch_dim=1)
     return magnitude(hq + sigma * noise[0], sigma * noise[1])
 
 

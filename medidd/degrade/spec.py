@@ -162,7 +162,9 @@ class Degradation(torch.nn.Module):
             return gaussian_noise(hq, s.noise_sigma, seed)
         return rician_noise(hq, s.noise_sigma, seed)
 
-    def random(self, hq: torch.Tensor, generator: Seed) -> tuple[torch.Tensor, int]:
+    def random(
+        self, hq: torch.Tensor, generator: int | torch.Generator
+    ) -> tuple[torch.Tensor, int]:
         """Draw a seed from ``generator`` and return ``(lq, seed)``; ``self(hq, seed)``
         reproduces ``lq``.
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.degrade import Degradation, PerImageSeeds
 from medidd.nets import NetConfig
 from medidd.train.device import DEVICES, resolve_device, scoped_determinism
 from medidd.train.losses import LOSSES, build_loss
@@ -43,6 +44,8 @@ from medidd.train.step import STEP_RULES, StepRule, build_step_rule
 logger = logging.getLogger(__name__)
 
 Degrade = Callable[[torch.Tensor, int], torch.Tensor]
+#: images degraded per call when LQ is re-drawn (bounds the memory of one Radon transform)
+_LQ_CHUNK = 32
 Progress = Callable[[int, float], None]
 
 SCHEDULES = ("cosine", "constant")
@@ -128,18 +131,28 @@ def _check_inputs(hq: torch.Tensor, lq: torch.Tensor | None, degrade: Degrade | 
 
 
 def _draw_lq(hq: torch.Tensor, degrade: Degrade, seed: int, draw: int) -> torch.Tensor:
-    """Degrade every image on its own with seed ``derive_seed(seed, draw, i)``, so the LQ of an
-    image depends only on (seed, draw, index), never on batch layout."""
-    out = torch.empty_like(hq)
+    """Degrade every image with its own seed ``derive_seed(seed, draw, i)``, so the LQ of an
+    image depends only on (seed, draw, index), never on batch layout. A MediDD
+    :class:`~medidd.degrade.Degradation` takes the whole batch at once (per-image seeds: one
+    Radon transform for all, ~4x faster on a CPU); any other callable is called image by image.
+    """
+    n = hq.shape[0]
+    seeds = [derive_seed(seed, draw, i) for i in range(n)]
     with torch.no_grad():
-        for i in range(hq.shape[0]):
-            lq = degrade(hq[i : i + 1], derive_seed(seed, draw, i))
-            if lq.shape != (1, *hq.shape[1:]):
-                raise ValueError(
-                    f"degrade returned shape {tuple(lq.shape)} for an input of shape "
-                    f"{tuple(hq[i : i + 1].shape)}; it must return the same shape"
-                )
-            out[i] = lq[0]
+        if isinstance(degrade, Degradation):
+            out = torch.cat(
+                [
+                    degrade(hq[a : a + _LQ_CHUNK], PerImageSeeds(seeds[a : a + _LQ_CHUNK]))
+                    for a in range(0, n, _LQ_CHUNK)
+                ]
+            )
+        else:
+            out = torch.cat([degrade(hq[i : i + 1], seeds[i]) for i in range(n)])
+    if out.shape != hq.shape:
+        raise ValueError(
+            f"degrade returned shape {tuple(out.shape)} for inputs of shape {tuple(hq.shape)}; "
+            "it must return the same shape"
+        )
     if not torch.isfinite(out).all():
         raise ValueError(f"degrade produced non-finite values (draw {draw}); check its spec")
     return out

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from medidd.config import ConfigError, load_config
-from medidd.degrade import KINDS, DegradationSpec, build_degradation, default_spec
+from medidd.degrade import (
+    KINDS,
+    DegradationSpec,
+    PerImageSeeds,
+    build_degradation,
+    default_spec,
+)
 
 from .conftest import CT_WINDOW
 
@@ -62,6 +68,20 @@ def test_contract(case: tuple[DegradationSpec, bool], hq: torch.Tensor) -> None:
     assert torch.equal(lq, rebuilt(hq, seed=7))
     drawn, seed = op.random(hq, torch.Generator().manual_seed(0))
     assert torch.equal(drawn, op(hq, seed))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_per_image_seeds_give_each_image_its_own_draw(
+    case: tuple[DegradationSpec, bool], hq: torch.Tensor
+) -> None:
+    op = build_degradation(case[0], window=CT_WINDOW)
+    batch = op(hq, seed=PerImageSeeds((11, 12)))
+    alone = torch.cat([op(hq[:1], seed=11), op(hq[1:], seed=12)])
+    assert torch.allclose(batch, alone, atol=1e-6)
+    if case[1]:  # two seeds are two noise draws, not one draw repeated
+        assert not torch.allclose(batch, op(hq, seed=PerImageSeeds((11, 11))), atol=1e-4)
+        with pytest.raises(ValueError, match="2 per-image seeds for a batch of 3 images"):
+            op(torch.cat([hq, hq[:1]]), seed=PerImageSeeds((1, 2)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

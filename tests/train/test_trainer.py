@@ -89,6 +89,21 @@ def test_lq_is_redrawn_every_epoch_only_when_asked(ct_train: torch.Tensor) -> No
     assert len(seen) == 8
 
 
+def test_batched_lq_draw_equals_image_by_image(ct_train: torch.Tensor) -> None:
+    """A Degradation re-draws the whole set in one call; the LQ must be what a per-image loop
+    with the same seeds gives (so training is independent of how LQ is batched)."""
+    from medidd.degrade import DegradationSpec, build_degradation
+    from medidd.train.trainer import _draw_lq, derive_seed
+
+    op = build_degradation(DegradationSpec(kind="ct_lowdose", dose=0.25, n_angles=60),
+                           window=(-1000.0, 1000.0))
+    batched = _draw_lq(ct_train, op, seed=5, draw=3)
+    looped = torch.cat([op(ct_train[i : i + 1], derive_seed(5, 3, i))
+                        for i in range(len(ct_train))])
+    assert torch.allclose(batched, looped, atol=1e-6)
+    assert torch.equal(batched, _draw_lq(ct_train, lambda x, s: op(x, s), seed=5, draw=3))
+
+
 def test_training_can_start_from_given_weights(ct_train: torch.Tensor) -> None:
     first = train_enhancer(ct_train, None, _cfg(steps=4), degrade=gaussian_noise)
     start = {k: v.clone() for k, v in first.model.state_dict().items()}
