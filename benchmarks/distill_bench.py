@@ -56,6 +56,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: benchmark label -> (registered method, prior kind or None for the configured default,
 #: config overrides of the variant)
+#: the ``_nofit`` rows and the variants below them were measured before ``prior.fit_size``
+#: became the default; they keep the unfitted prior so each label means what was run
+NOFIT: dict[str, Any] = {"prior": {"fit_size": False}}
 METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "full": ("full", None, {}), "random": ("random", None, {}),
     "herding": ("herding", None, {}), "kcenter": ("kcenter", None, {}),
@@ -63,15 +66,14 @@ METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "dm": ("dm", None, {}), "idc": ("idc", None, {}), "tripled": ("tripled", None, {}),
     "prior_only": ("prior_only", None, {}), "spg_gm": ("spg_gm", None, {}),
     "pixel_gm": ("pixel_gm", None, {}),
-    "spg_gm_mean": ("spg_gm", "mean", {}), "spg_gm_medoid": ("spg_gm", "medoid", {}),
-    "spg_gm_atlas": ("spg_gm", "atlas", {}),
-    "prior_only_mean": ("prior_only", "mean", {}),
-    "prior_only_medoid": ("prior_only", "medoid", {}),
-    "prior_only_atlas": ("prior_only", "atlas", {}),
-    "spg_gm_highpass": ("spg_gm", None, {"spg": {"residual": "highpass"}}),
-    "spg_gm_fullres": ("spg_gm", None, {"spg": {"residual": "full"}}),
-    "spg_gm_gm_only": ("spg_gm", None, {"matching": {"objective": "gm"}}),
-    "spg_gm_lfd_only": ("spg_gm", None, {"matching": {"objective": "lfd"}}),
+    "prior_only_nofit": ("prior_only", None, NOFIT), "spg_gm_nofit": ("spg_gm", None, NOFIT),
+    "spg_gm_mean": ("spg_gm", "mean", NOFIT), "spg_gm_medoid": ("spg_gm", "medoid", NOFIT),
+    "prior_only_mean": ("prior_only", "mean", NOFIT),
+    "prior_only_medoid": ("prior_only", "medoid", NOFIT),
+    "spg_gm_highpass": ("spg_gm", None, {**NOFIT, "spg": {"residual": "highpass"}}),
+    "spg_gm_fullres": ("spg_gm", None, {**NOFIT, "spg": {"residual": "full"}}),
+    "spg_gm_gm_only": ("spg_gm", None, {**NOFIT, "matching": {"objective": "gm"}}),
+    "spg_gm_lfd_only": ("spg_gm", None, {**NOFIT, "matching": {"objective": "lfd"}}),
 }
 PRIOR_KINDS = ("mean", "medoid", "atlas")
 IPCS = (1, 2, 5)
@@ -224,6 +226,7 @@ def run_fold(
     from medidd.distill.base import DistillContext, method_factory
     from medidd.distill.config import DistillConfig
     from medidd.distill.run import plan_seed, resolve_device
+    from medidd.package import config_hash
     from medidd.prior.base import Prior
     from medidd.privacy.memorisation import nearest_real
     from medidd.train.evaluate import evaluate_enhancer
@@ -293,6 +296,8 @@ def run_fold(
             for p in site:
                 local = method.needs_prior and kind != "atlas"
                 tag = f"{label}-ipc{ipc}-{p.patient_key}" + (f"-f{fold}" if local else "")
+                if method.needs_prior:  # a label's config may change between versions
+                    tag += "-" + config_hash(cfg.model_dump(mode="json"))[:8]
                 cache = work / "cache" / setting / f"{tag}.pt"
                 if label == "full":
                     hqs.append(p.images)

@@ -25,6 +25,7 @@ rerun only redoes what is missing; ``--fresh`` ignores the cached rows.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,11 @@ PATIENTS = ("abdomen_3mm", "chest_cta_1p5mm", "lung1", "lung2")
 MEMBERS = ("lung1", "chest_cta_1p5mm")
 HOLDOUT = ("lung2", "abdomen_3mm")
 DP_EPSILONS = (1.0, 4.0, 8.0)
+#: membership unit of the protocol: whole patients (the audit's unit) or slabs of slices
+UNITS = ("patient", "slice")
+#: slice unit: slabs of SLAB consecutive slices alternate member / non-member, GAP slices
+#: between them are left out so neighbouring member and non-member slices are not adjacent
+SLAB, GAP = 8, 2
 #: JSON keys required by issue 5, then the extra columns
 KEYS = ("method", "epsilon", "mia_auc", "mia_auc_control", "tpr_at_1fpr", "max_nn_ssim", "psnr")
 
@@ -70,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full-audit", action="store_true",
                    help="the default AuditPolicy (slow on CPU) instead of the reduced one")
     p.add_argument("--fresh", action="store_true", help="ignore cached rows")
+    p.add_argument("--unit", choices=UNITS, default="patient",
+                   help="membership unit: patient (2 members vs 2 held-out patients) or slice "
+                        "(alternating slabs of all 4 patients; writes privacy_slice.*)")
     return p
 
 
@@ -94,6 +103,38 @@ def prepare(samples: Path, work: Path) -> dict[str, SliceSet]:
     if len(prep.slices) != len(PATIENTS):
         raise RuntimeError(f"expected 4 CT patients, got {len(prep.slices)}: {prep.skipped}")
     return dict(zip(PATIENTS, prep.slices, strict=True))
+
+
+def slab_split(s: SliceSet, slab: int = SLAB, gap: int = GAP) -> tuple[SliceSet, SliceSet]:
+    """Alternate slabs of one patient's slices: (member slabs, non-member slabs).
+
+    The non-member part gets its own pseudonym (derived from the patient's), so the audit's
+    patient-level bookkeeping (cluster bootstrap, LiRA halves) treats it as its own unit.
+
+    Example:
+        >>> x = SliceSet(torch.zeros(30, 1, 4, 4), torch.arange(30.0), "p-0123456789ab", "CT",
+        ...              (-1000.0, 1000.0))
+        >>> a, b = slab_split(x, slab=4, gap=1)
+        >>> a.z.int().tolist()
+        [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
+        >>> b.z.int().tolist(), a.patient_key == b.patient_key
+        ([5, 6, 7, 8, 15, 16, 17, 18, 25, 26, 27, 28], False)
+    """
+    pos = torch.arange(len(s)) % (2 * (slab + gap))
+    member = pos < slab
+    non = (pos >= slab + gap) & (pos < 2 * slab + gap)
+    key = "p-" + hashlib.sha256(f"{s.patient_key}:held-out-slabs".encode()).hexdigest()[:12]
+    return (SliceSet(s.images[member], s.z[member], s.patient_key, s.modality, s.window),
+            SliceSet(s.images[non], s.z[non], key, s.modality, s.window))
+
+
+def split_cohort(cohort: dict[str, SliceSet], unit: str
+                 ) -> tuple[list[SliceSet], list[SliceSet]]:
+    """Members (distilled) and non-members (held out) of the protocol's ``unit``."""
+    if unit == "patient":
+        return [cohort[k] for k in MEMBERS], [cohort[k] for k in HOLDOUT]
+    parts = [slab_split(cohort[k]) for k in PATIENTS]
+    return [a for a, _ in parts], [b for _, b in parts]
 
 
 def configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -157,14 +198,12 @@ def _gate_attack(model: dict[str, Any] | None) -> str | None:
     return max(model["attacks"], key=lambda a: model["attacks"][a]["auc"])
 
 
-def audit_row(name: str, package: Path, cohort: dict[str, SliceSet], steps: int,
-              distill_s: float, policy: AuditPolicy) -> dict[str, Any]:
+def audit_row(name: str, package: Path, members: list[SliceSet], holdout: list[SliceSet],
+              steps: int, distill_s: float, policy: AuditPolicy) -> dict[str, Any]:
     """Audit one package and measure its downstream utility."""
     from medidd.package import read_package
     from medidd.privacy.audit import run_audit
 
-    members = [cohort[k] for k in MEMBERS]
-    holdout = [cohort[k] for k in HOLDOUT]
     t0 = time.perf_counter()
     report = run_audit(package, members, holdout, policy,
                        progress=lambda s, d, n: logger.info("  %s: %s %d/%d", name, s, d, n))
@@ -215,12 +254,12 @@ def audit_row(name: str, package: Path, cohort: dict[str, SliceSet], steps: int,
     }
 
 
-def raw_row(control_from: dict[str, Any], cohort: dict[str, SliceSet], steps: int
-            ) -> dict[str, Any]:
+def raw_row(control_from: dict[str, Any], members: list[SliceSet], holdout: list[SliceSet],
+            steps: int) -> dict[str, Any]:
     """The raw-data model: attack numbers of the audit's positive control (package-
     independent), utility of the same downstream recipe on every raw member slice."""
-    hq = torch.cat([cohort[k].images for k in MEMBERS])
-    util = downstream(hq, [cohort[k] for k in HOLDOUT], steps)
+    hq = torch.cat([m.images for m in members])
+    util = downstream(hq, holdout, steps)
     return {
         "method": "raw_data",
         "distill_method": None,
@@ -249,11 +288,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     work = args.work
     cohort = prepare(args.samples, work)
-    members = [cohort[k] for k in MEMBERS]
+    members, holdout = split_cohort(cohort, args.unit)
     only = {s for s in args.only.split(",") if s}
     rows: dict[str, dict[str, Any]] = {}
     policy = bench_policy(args.full_audit)
-    tag = "full" if args.full_audit else "cpu"
+    tag = ("full" if args.full_audit else "cpu") + ("" if args.unit == "patient" else "-slice")
     for name, data in configs(args).items():
         if only and name not in only:
             continue
@@ -263,14 +302,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows[name] = json.loads(cache.read_text())
             continue
         cfg = DistillConfig.model_validate(data)
-        out = work / "packages" / f"{name}-it{args.iterations}x{args.outer_loop}"
+        out = work / "packages" / (f"{name}-it{args.iterations}x{args.outer_loop}"
+                                   + ("" if args.unit == "patient" else "-slice"))
         t0 = time.perf_counter()
         if not (out / "manifest.json").is_file():
             logger.info("%s: distilling", name)
             distill_site(members, cfg, out, overwrite=True)
         distill_s = time.perf_counter() - t0
         logger.info("%s: auditing (distilled in %.0f s)", name, distill_s)
-        rows[name] = audit_row(name, out, cohort, args.steps, distill_s, policy)
+        rows[name] = audit_row(name, out, members, holdout, args.steps, distill_s, policy)
         atomic_write_text(cache, json.dumps(rows[name], indent=1))
         logger.info("%s: AUC %.3f (control %.3f), PSNR %.2f dB, %s", name, rows[name]["mia_auc"],
                     rows[name]["mia_auc_control"], rows[name]["psnr"], rows[name]["verdict"])
@@ -279,7 +319,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         if cache.is_file() and not args.fresh:
             raw = json.loads(cache.read_text())
         else:
-            raw = raw_row(next(iter(rows.values())), cohort, args.steps)
+            raw = raw_row(next(iter(rows.values())), members, holdout, args.steps)
             atomic_write_text(cache, json.dumps(raw, indent=1))
         rows = {"raw_data": raw, **rows}
     return list(rows.values())
@@ -423,12 +463,45 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+COHORT_TEXT = {
+    "patient": """- Cohort: the 4 real CT patients of `data/samples` as a DICOM tree
+  (`make_sample_patients`), preprocessed at **128 px** (window -1000..1000 HU).
+  **Members** (distilled): lung1 and the chest CTA; **non-members** (held out): lung2 and the
+  abdomen. (The slice-level protocol, `--unit slice`, is in
+  [privacy_slice.md](privacy_slice.md).)""",
+    "slice": f"""- Cohort: the 4 real CT patients of `data/samples` as a DICOM tree
+  (`make_sample_patients`), preprocessed at **128 px** (window -1000..1000 HU).
+  **Membership unit = a slab of slices** (the DP privacy unit is one slice): each patient's
+  slices alternate in slabs of {SLAB}, with {GAP} slices left out between slabs; **members**
+  (distilled) = the even slabs of all 4 patients, **non-members** = the odd slabs, each
+  patient's non-member slabs under their own pseudonym. Every anatomy is on both sides, so the
+  attack cannot read anatomy as membership (the confound of the patient-level protocol in
+  [privacy.md](privacy.md)); utility is measured on the non-member slabs.""",
+}
+CAVEAT_TEXT = {
+    "patient": "",
+    "slice": """- Slice-level membership is the unit the DP guarantee covers, not the audit's
+  default (patient) unit; neighbouring slabs of one patient are correlated, so a
+  non-member slab is a harder negative than an unseen patient would be: this protocol is the
+  stricter test of the attack's power, and the cohort-level caveats below still apply to how
+  many *patients* the numbers rest on.""",
+}
+
+
+def _flags(args: argparse.Namespace) -> str:
+    flags = [f for f, on in (("--full-audit", getattr(args, "full_audit", False)),
+                             ("--unit slice", getattr(args, "unit", "patient") == "slice")) if on]
+    return "".join(" " + f for f in flags)
+
+
 def write_docs(rows: list[dict[str, Any]], out_dir: Path, args: argparse.Namespace,
                seconds: float) -> None:
     """docs/benchmarks/privacy.{json,md,png}."""
-    keyed = [{**{k: r.get(k) for k in KEYS}, **r} for r in rows]
-    atomic_write_text(out_dir / "privacy.json", json.dumps(keyed, indent=1) + "\n")
-    has_plot = plot(rows, out_dir / "privacy_tradeoff.png")
+    unit = getattr(args, "unit", "patient")
+    stem = "privacy" if unit == "patient" else "privacy_slice"
+    keyed = [{**{k: r.get(k) for k in KEYS}, "unit": unit, **r} for r in rows]
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(keyed, indent=1) + "\n")
+    has_plot = plot(rows, out_dir / f"{stem}_tradeoff.png")
     notes = "\n".join(f"- {t}" for t in targets(rows))
     by = {r["method"]: r for r in rows}
     raw = by.get("raw_data", {})
@@ -446,16 +519,13 @@ def write_docs(rows: list[dict[str, Any]], out_dir: Path, args: argparse.Namespa
 Machine: {machine()}. Compute: {busy / 60:.1f} min summed over the rows (distillation + audit +
 downstream training; `distill_s`, `audit_s`, `train_s` in privacy.json), the page itself took
 {seconds / 60:.1f} min (cached rows are not recomputed). Reproduce:
-`python -m benchmarks.privacy_bench` (or `python -m benchmarks.run_all --only privacy`);
+`python -m benchmarks.privacy_bench{_flags(args)}`;
 settings: ipc {args.ipc}, matching {args.iterations} iterations x outer loop {args.outer_loop},
 downstream {args.steps} steps.
 
 ## Protocol
 
-- Cohort: the 4 real CT patients of `data/samples` as a DICOM tree
-  (`make_sample_patients`), preprocessed at **128 px** (window -1000..1000 HU).
-  **Members** (distilled): lung1 and the chest CTA; **non-members** (held out): lung2 and the
-  abdomen.
+{COHORT_TEXT[unit]}
 - Degradation: CT low dose 25 % with the **image-domain** noise model (`image_domain=True`,
   fast; the calibrated approximation of the projection-domain operator), in distillation, the
   audit and the utility measurement alike.
@@ -480,10 +550,10 @@ downstream {args.steps} steps.
 ## Results
 
 {to_markdown(rows)}
-{"![PSNR and MIA AUC against epsilon](privacy_tradeoff.png)" if has_plot else ""}
+{f"![PSNR and MIA AUC against epsilon]({stem}_tradeoff.png)" if has_plot else ""}
 
 The positive control's own PSNR on the held-out slices (a memorising model trained on
-{pol.control_slices_per_patient * 2} raw slices):
+{pol.control_slices_per_patient * int(counts.get('member_patients', 2))} raw slices):
 {_f(raw.get('control_psnr'), 2)} dB (LQ {_f(raw.get('control_psnr_lq'), 2)} dB).
 
 ## Targets of issue 5
@@ -496,6 +566,7 @@ The positive control's own PSNR on the held-out slices (a memorising model train
 
 ## Caveats (read before quoting)
 
+{CAVEAT_TEXT[unit]}
 - **Tiny cohort**: 2 member and 2 non-member patients. The attack scores slices, but slices of
   one patient are correlated, so the AUC mostly measures how 2 patients differ from 2 others;
   the bootstrap intervals in privacy.json are slice-level and too narrow. An AUC far from 0.5
@@ -513,7 +584,7 @@ The positive control's own PSNR on the held-out slices (a memorising model train
 - The DP guarantee covers the synthetic images (slice-level, per patient, RDP accountant); the
   atlas prior holds nothing of a local patient, so nothing is outside the guarantee.
 """
-    atomic_write_text(out_dir / "privacy.md", text)
+    atomic_write_text(out_dir / f"{stem}.md", text)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

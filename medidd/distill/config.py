@@ -40,9 +40,19 @@ class PriorConfig(StrictModel):
     (affine, SimpleITK) when ``registered`` is on. ``medoid``: the paper's representative
     patient's real slices (ships near-copies: for comparison only). ``atlas``: a procedurally
     generated anatomical template holding nothing of any local patient.
+
+    ``fit_size`` (CT, prior-based methods ``prior_only`` and ``spg_gm``): measured on our CT
+    site, fitting the atlas to each patient's body size raised the share of the full-data gain
+    kept from 78% to 87% on a held-out patient (medidd.prior.fit).
     """
 
     kind: str = "atlas"
+    fit_size: bool = Field(
+        True,
+        description="CT: zoom the prior to each patient's water-equivalent diameter (median "
+        "over its slices), so simulated low-dose noise has the patient's level; ships that one "
+        "body-size number per patient (see medidd.prior.fit)",
+    )
     registered: bool = True
     registration_iterations: int = Field(2, ge=0, le=10)
 

@@ -113,7 +113,8 @@ def dp_manifest(
     cfg: DistillConfig, infos: list[dict[str, float]], *, prior_local: bool
 ) -> dict[str, Any] | None:
     """The manifest's ``dp`` record: the worst (largest) per-patient epsilon actually spent,
-    the noise and sampling used, and what the guarantee does not cover."""
+    the noise and sampling used, and what the guarantee does not cover (a prior computed from
+    local patients; each patient's body size when the prior was fitted to it)."""
     if not cfg.dp.enabled:
         return None
     if cfg.method != "spg_gm":
@@ -128,7 +129,8 @@ def dp_manifest(
         "sample_rate": max(i["dp_sample_rate"] for i in infos),
         "accountant": "rdp",
         "covers": ["synthetic_hq", "synthetic_lq", "per_patient_slice_level"],
-        "not_covered": ["prior_from_local_patients"] if prior_local else [],
+        "not_covered": (["prior_from_local_patients"] if prior_local else [])
+        + (["patient_body_size"] if any("wed_target_px" in i for i in infos) else []),
     }
 
 

@@ -48,6 +48,7 @@ from medidd.distill.matching import (
 )
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.base import Prior
+from medidd.prior.fit import fit_to_size
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,17 @@ def _take_prior(prior: Prior | None, ipc: int, name: str) -> Prior:
     return prior
 
 
+def patient_prior(
+    cfg: DistillConfig, real: SliceSet, ctx: DistillContext, name: str
+) -> tuple[Prior, dict[str, float]]:
+    """The shared prior made this patient's: fitted to its body size when ``prior.fit_size``
+    and the images are CT (:mod:`medidd.prior.fit`); returns the prior and what was fitted."""
+    prior = _take_prior(ctx.prior, ctx.ipc, name)
+    if not (cfg.prior.fit_size and real.modality == "CT"):
+        return prior, {}
+    return fit_to_size(prior, real.images, real.window)
+
+
 @register_method("prior_only")
 class PriorOnly:
     """Ablation: ship the prior itself (no optimisation, nothing patient-specific)."""
@@ -178,8 +190,8 @@ class PriorOnly:
         self.cfg = cfg
 
     def distill(self, real: SliceSet, ctx: DistillContext) -> Distilled:
-        prior = _take_prior(ctx.prior, ctx.ipc, self.name)
-        return finish(prior.images.clone(), ctx, {"steps": 0.0})
+        prior, fitted = patient_prior(self.cfg, real, ctx, self.name)
+        return finish(prior.images.clone(), ctx, {"steps": 0.0, **fitted})
 
 
 @register_method("spg_gm")
@@ -195,7 +207,7 @@ class SPGMatching:
 
     def distill(self, real: SliceSet, ctx: DistillContext) -> Distilled:
         m, spg = self.cfg.matching, self.cfg.spg
-        prior = _take_prior(ctx.prior, ctx.ipc, self.name)
+        prior, fitted = patient_prior(self.cfg, real, ctx, self.name)
         dev = ctx.device
         t0 = time.perf_counter()
         gen_rng = torch.Generator().manual_seed(ctx.seed)
@@ -296,6 +308,7 @@ class SPGMatching:
         with torch.no_grad():
             hq = synth()
         info = {
+            **fitted,
             "loss_first": first,
             "loss_last": last,
             "steps": float(step),

@@ -47,12 +47,17 @@ def test_dp_package_records_a_budget_within_target(site: list[SliceSet], tmp_pat
     assert dp is not None and dp.enabled and dp.accountant == "rdp"
     assert dp.epsilon is not None and dp.epsilon <= 4.0 * 1.01
     assert dp.noise_multiplier is not None and dp.noise_multiplier > 0.5
-    assert dp.steps == 6 and dp.not_covered == []  # atlas prior: nothing local outside DP
+    # atlas prior: only the body size the atlas was fitted to is local and outside DP
+    assert dp.steps == 6 and dp.not_covered == ["patient_body_size"]
     # the recorded budget is what the RDP accountant says for these parameters
     again = epsilon_spent(dp.noise_multiplier, dp.sample_rate, dp.steps, dp.delta)
     assert abs(again - dp.epsilon) < 1e-6 * max(1.0, dp.epsilon)
     hq = read_package(res.package).hq
     assert torch.isfinite(hq).all()
+    unfitted = DistillConfig.model_validate({**DP, "prior": {"kind": "atlas", "fit_size": False}})
+    res = distill_site(site, unfitted, tmp_path / "pkg-unfitted")
+    manifest_dp = read_package(res.package).manifest.dp
+    assert manifest_dp is not None and manifest_dp.not_covered == []  # nothing local at all
 
 
 def test_dp_refuses_what_it_would_not_cover(site: list[SliceSet], tmp_path: Path) -> None:
@@ -75,4 +80,5 @@ def test_dp_with_a_local_prior_warns_and_says_what_is_not_covered(
         res = distill_site(site, cfg, tmp_path / "pkg")
     assert "does not cover" in caplog.text
     dp = read_package(res.package).manifest.dp
-    assert dp is not None and dp.not_covered == ["prior_from_local_patients"]
+    assert dp is not None
+    assert dp.not_covered == ["prior_from_local_patients", "patient_body_size"]

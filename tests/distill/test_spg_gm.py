@@ -13,6 +13,7 @@ from medidd.distill.matching import gm_distance
 from medidd.distill.spg_gm import SPGGenerator, structure_loss
 from medidd.preprocess.slices import SliceSet
 from medidd.prior import atlas_prior
+from medidd.prior.fit import fit_to_size, water_equivalent_diameter
 from medidd.privacy.memorisation import nearest_real
 from tests.helpers_real import real_slices
 
@@ -43,10 +44,15 @@ def degrade():  # type: ignore[no-untyped-def]
 
 
 def _run(patient: SliceSet, degrade, seed: int = 3, **over):  # type: ignore[no-untyped-def]
+    """Distil ``patient``; returns the output and the prior it started from (the atlas fitted
+    to the patient's size, as ``prior.fit_size`` does by default)."""
     cfg = DistillConfig.model_validate({**SMALL, **over})
     prior = atlas_prior(2, size=48, modality="CT", window=(-1000.0, 1000.0))
     ctx = DistillContext(ipc=2, degrade=degrade, seed=seed, prior=prior)
-    return method_factory(cfg.method)(cfg).distill(patient, ctx), prior
+    out = method_factory(cfg.method)(cfg).distill(patient, ctx)
+    if cfg.prior.fit_size:
+        prior = fit_to_size(prior, patient.images, patient.window)[0]
+    return out, prior
 
 
 def test_gm_distance_matches_a_loop() -> None:
@@ -97,6 +103,25 @@ def test_each_objective_runs(patient: SliceSet, degrade, objective: str) -> None
 def test_prior_only_ships_the_prior(patient: SliceSet, degrade) -> None:  # type: ignore[no-untyped-def]
     out, prior = _run(patient, degrade, method="prior_only")
     assert torch.equal(out.hq, prior.images)
+
+
+def test_prior_fitted_to_the_patients_body_size(patient: SliceSet, degrade) -> None:  # type: ignore[no-untyped-def]
+    """The atlas is smaller than this real chest; fitted, every shipped slice has the patient's
+    median water-equivalent diameter (so simulated low-dose noise has the patient's level)."""
+    fitted, _ = _run(patient, degrade, method="prior_only")
+    plain, atlas = _run(patient, degrade, method="prior_only",
+                        prior={"kind": "atlas", "fit_size": False})
+    assert torch.equal(plain.hq, atlas.images)
+    w, px = patient.window, 400 / 48
+    target = float(water_equivalent_diameter(patient.images, w, px).median())
+    before = water_equivalent_diameter(atlas.images, w, px)
+    after = water_equivalent_diameter(fitted.hq, w, px)
+    assert float(before.max()) < 0.95 * target
+    assert torch.allclose(after, torch.full_like(after, target), rtol=0.01)
+    assert fitted.info["zoom_min"] > 1.0
+    # noise follows: the fitted pair's simulated low-dose noise is stronger
+    noise = [float((degrade(x, 0) - x).std()) for x in (atlas.images, fitted.hq)]
+    assert noise[1] > 1.1 * noise[0]
 
 
 def test_missing_prior_is_a_clear_error(patient: SliceSet, degrade) -> None:  # type: ignore[no-untyped-def]
