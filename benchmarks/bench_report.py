@@ -12,8 +12,8 @@ from medidd._atomic import atomic_write_text
 
 ORDER = [
     "full", "random", "herding", "kcenter", "tripled", "dc_real", "dc_noise", "dm", "idc",
-    "prior_only", "prior_only_mean", "prior_only_medoid", "prior_only_atlas", "pixel_gm",
-    "spg_gm", "spg_gm_mean", "spg_gm_medoid", "spg_gm_atlas", "spg_gm_highpass",
+    "prior_only", "pixel_gm", "spg_gm", "prior_only_nofit", "spg_gm_nofit",
+    "prior_only_mean", "prior_only_medoid", "spg_gm_mean", "spg_gm_medoid", "spg_gm_highpass",
     "spg_gm_fullres", "spg_gm_gm_only", "spg_gm_lfd_only",
 ]
 
@@ -49,6 +49,16 @@ def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def machine_label(machine: dict[str, Any]) -> str:
+    """``GPU name`` or ``N-core CPU`` for the table's machine column.
+
+    Example:
+        >>> machine_label({"cpu_cores": 2, "gpu": None}), machine_label({"gpu": "NVIDIA H100"})
+        ('2-core CPU', 'NVIDIA H100')
+    """
+    return str(machine.get("gpu") or f"{machine.get('cpu_cores', '?')}-core CPU")
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -71,6 +81,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str
             )
         }
         out[key]["folds"] = len(rs)
+        out[key]["machines"] = sorted({machine_label(r.get("machine", {})) for r in rs})
         out[key]["setting"] = rs[0]["setting"]
         out[key]["task"] = rs[0]["task"]
     return out
@@ -113,6 +124,63 @@ def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out
     plt.close(fig)
 
 
+#: rows of the image grid, top to bottom (when their images are cached)
+GRID_METHODS = ("random", "prior_only_nofit", "prior_only", "spg_gm", "pixel_gm", "dc_real",
+                "dc_noise", "dm", "idc", "tripled")
+
+
+def image_grid(work: Path, setting: str, out: Path) -> int:
+    """The distilled HQ images of one training patient for every method in
+    :data:`GRID_METHODS` whose images the run stage cached, atlas prior first, at the IPC with
+    the most such methods; returns that IPC (0 when there is nothing to show)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    cache = work / "cache" / setting
+    files = sorted(cache.glob("*-ipc*-p-*.pt")) if cache.is_dir() else []
+    if not files:
+        return 0
+
+    def cached(ipc: int) -> int:
+        return sum(any(cache.glob(f"{m}-ipc{ipc}-p-*.pt")) for m in GRID_METHODS)
+
+    ipc = max((1, 2, 5), key=lambda k: (cached(k), -k))
+    patient = sorted({f.name.split(f"-ipc{ipc}-")[1][:14] for f in files
+                      if f"-ipc{ipc}-" in f.name})[0]
+    panels: list[tuple[str, Any]] = []
+    bundle = work / "bundle.pt"
+    if bundle.is_file():
+        b = torch.load(bundle, weights_only=False)
+        modality = "MR" if setting.startswith("mr") else "CT"
+        prior = b["cohorts"][modality]["folds"][0]["priors"].get(f"atlas:{ipc}")
+        if prior is not None:
+            panels.append(("atlas prior", prior["images"].float()))
+    for m in GRID_METHODS:
+        hit = sorted(cache.glob(f"{m}-ipc{ipc}-{patient}*.pt"))
+        if hit:
+            panels.append((m, torch.load(hit[0], weights_only=True)["hq"].float()))
+    if len(panels) < 2:
+        return 0
+    fig, axes = plt.subplots(ipc, len(panels), figsize=(2.0 * len(panels), 2.1 * ipc),
+                             squeeze=False)
+    lo, hi = (0.35, 0.65) if not setting.startswith("mr") else (0.0, 1.0)
+    for col, (name, images) in enumerate(panels):
+        for k in range(ipc):
+            ax = axes[k][col]
+            ax.axis("off")
+            if k < images.shape[0]:
+                ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
+        axes[0][col].set_title(name, fontsize=8)
+    fig.suptitle(f"{setting}: shipped HQ, patient {patient}, IPC {ipc}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return ipc
+
+
 def write_report(work: Path, out: Path) -> Path:
     """Write ``distill.md``/``distill.json``/plots under ``out`` from the rows under ``work``."""
     rows = load_rows(work)
@@ -122,6 +190,9 @@ def write_report(work: Path, out: Path) -> Path:
     atomic_write_text(out / "distill.json", json.dumps(rows, indent=1))
     summary = summarise(rows)
     machine = rows[-1].get("machine", {})
+    machines: dict[str, int] = defaultdict(int)
+    for r in rows:
+        machines[machine_label(r.get("machine", {}))] += 1
     lines = [
         "# Distillation benchmark",
         "",
@@ -133,8 +204,11 @@ def write_report(work: Path, out: Path) -> Path:
         "nearest-other-patient NCC, the ideal line); `bytes` = package arrays / raw int16 "
         "voxels of the site's patients.",
         "",
-        f"Machine: {machine.get('cpu_cores')} CPU cores, GPU: {machine.get('gpu') or 'none'}, "
-        f"torch {machine.get('torch')}. Downstream: DnCNN, {rows[-1].get('steps')} steps. "
+        "Machines: " + "; ".join(
+            f"{label} ({n} rows)" for label, n in sorted(machines.items())
+        ) + f" (torch {machine.get('torch')}); each row's machine is in the `machine` column "
+        "and in distill.json: compare timings only within one machine (quality does not depend "
+        f"on it beyond run-to-run noise). Downstream: DnCNN, {rows[-1].get('steps')} steps. "
         "Reproduce: `make bench` (or the three stages of `python -m benchmarks.distill_bench`).",
         "",
     ]
@@ -145,8 +219,8 @@ def write_report(work: Path, out: Path) -> Path:
             f"## {s0['task']} {s0['setting']} ({setting})",
             "",
             "| method | IPC | PSNR | SSIM | gain | NN-NCC | ref | s/patient | bytes | "
-            "train s | folds |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "train s | folds | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lq = summary[srows[0]]["psnr_lq"]
         for m in _ordered({k[1] for k in srows}):
@@ -158,7 +232,8 @@ def write_report(work: Path, out: Path) -> Path:
                     f"{_ms(v['max_nn_ncc'], '{:.3f}')} | {_ms(v['nn_ncc_p99_ref'], '{:.3f}')} | "
                     f"{_ms(v['distill_s_per_patient'], '{:.1f}')} | "
                     f"{_ms([100 * b for b in v['bytes_ratio']], '{:.2f}')}% | "
-                    f"{_ms(v['train_s'], '{:.0f}')} | {v['folds']} |"
+                    f"{_ms(v['train_s'], '{:.0f}')} | {v['folds']} | "
+                    f"{', '.join(v['machines'])} |"
                 )
         lines += [
             "",
@@ -168,6 +243,16 @@ def write_report(work: Path, out: Path) -> Path:
             "",
         ]
         _plot(summary, setting, out / f"{setting}_psnr_vs_ipc.png")
+        grid = out / f"{setting}_images.png"
+        shown = image_grid(work, setting, grid)
+        if shown:
+            lines += [
+                f"Shipped HQ images at IPC {shown} of one training patient, beside the prior "
+                "they start from (rows: methods cached by the run on this machine):",
+                "",
+                f"![distilled images]({grid.name})",
+                "",
+            ]
     path = out / "distill.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
