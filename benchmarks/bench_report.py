@@ -12,7 +12,7 @@ from medidd._atomic import atomic_write_text
 
 ORDER = [
     "full", "random", "herding", "kcenter", "tripled", "dc_real", "dc_noise", "dm", "idc",
-    "prior_only", "pixel_gm", "spg_gm", "prior_only_nofit", "spg_gm_nofit",
+    "prior_only", "pixel_gm", "spg_gm", "spg_gm_long", "prior_only_nofit", "spg_gm_nofit",
     "prior_only_mean", "prior_only_medoid", "spg_gm_mean", "spg_gm_medoid", "spg_gm_highpass",
     "spg_gm_fullres", "spg_gm_gm_only", "spg_gm_lfd_only",
 ]

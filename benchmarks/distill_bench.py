@@ -67,6 +67,7 @@ METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "prior_only": ("prior_only", None, {}), "spg_gm": ("spg_gm", None, {}),
     "pixel_gm": ("pixel_gm", None, {}),
     "prior_only_nofit": ("prior_only", None, NOFIT), "spg_gm_nofit": ("spg_gm", None, NOFIT),
+    "spg_gm_long": ("spg_gm", None, {"matching": {"iterations": 60}}),
     "spg_gm_mean": ("spg_gm", "mean", NOFIT), "spg_gm_medoid": ("spg_gm", "medoid", NOFIT),
     "prior_only_mean": ("prior_only", "mean", NOFIT),
     "prior_only_medoid": ("prior_only", "medoid", NOFIT),

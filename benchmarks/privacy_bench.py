@@ -123,9 +123,24 @@ def slab_split(s: SliceSet, slab: int = SLAB, gap: int = GAP) -> tuple[SliceSet,
     pos = torch.arange(len(s)) % (2 * (slab + gap))
     member = pos < slab
     non = (pos >= slab + gap) & (pos < 2 * slab + gap)
-    key = "p-" + hashlib.sha256(f"{s.patient_key}:held-out-slabs".encode()).hexdigest()[:12]
     return (SliceSet(s.images[member], s.z[member], s.patient_key, s.modality, s.window),
-            SliceSet(s.images[non], s.z[non], key, s.modality, s.window))
+            SliceSet(s.images[non], s.z[non], slab_key(s.patient_key), s.modality, s.window))
+
+
+def _slab_keys(members: list[SliceSet], holdout: list[SliceSet]) -> bool:
+    """Whether ``holdout`` are the held-out slabs of ``members`` (slice-unit protocol)."""
+    return len(members) == len(holdout) and all(
+        slab_key(m.patient_key) == h.patient_key for m, h in zip(members, holdout, strict=True))
+
+
+def slab_key(patient_key: str) -> str:
+    """The pseudonym of a patient's held-out slabs (derived from the patient's).
+
+    Example:
+        >>> slab_key("p-0123456789ab") != "p-0123456789ab", len(slab_key("p-0123456789ab"))
+        (True, 14)
+    """
+    return "p-" + hashlib.sha256(f"{patient_key}:held-out-slabs".encode()).hexdigest()[:12]
 
 
 def split_cohort(cohort: dict[str, SliceSet], unit: str
@@ -205,8 +220,12 @@ def audit_row(name: str, package: Path, members: list[SliceSet], holdout: list[S
     from medidd.privacy.audit import run_audit
 
     t0 = time.perf_counter()
+    # slice unit: a held-out slab belongs to a member patient (LiRA must know, see run_audit)
+    owners = ({slab_key(m.patient_key): m.patient_key for m in members}
+              if _slab_keys(members, holdout) else None)
     report = run_audit(package, members, holdout, policy,
-                       progress=lambda s, d, n: logger.info("  %s: %s %d/%d", name, s, d, n))
+                       progress=lambda s, d, n: logger.info("  %s: %s %d/%d", name, s, d, n),
+                       holdout_of=owners)
     audit_s = time.perf_counter() - t0
     rep = report.to_json()
     pkg = read_package(package)

@@ -30,7 +30,7 @@ import logging
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,7 @@ def run_audit(
     holdout: Sequence[SliceSet] | None = None,
     policy: AuditPolicy | None = None,
     progress: Progress | None = None,
+    holdout_of: Mapping[str, str] | None = None,
 ) -> AuditReport:
     """Audit the package at ``package_path`` against the site's real slices.
 
@@ -302,6 +303,9 @@ def run_audit(
             outside the package are then only used for memorisation).
         policy: thresholds and model settings (default :class:`AuditPolicy`).
         progress: ``(stage, done, total)`` callbacks.
+        holdout_of: when ``holdout`` holds held-out *slices of distilled patients* (under their
+            own keys): held-out key -> the member patient's key, so LiRA calibrates both sides
+            with the same references (:func:`medidd.privacy.membership.attack_model`).
 
     Raises:
         AuditError: no patient of the package is among ``patients`` (another salt?), or the
@@ -357,7 +361,7 @@ def run_audit(
         degrade = audit_degradation(m.degradation, window, policy.fast_degradation)  # type: ignore[arg-type]
         ranges = [(p.key, p.start, p.stop) for p in m.patients]
         report.membership = audit_membership(pkg.hq, ranges, members, holdout or others,
-                                             degrade, policy, progress)
+                                             degrade, policy, progress, holdout_of)
         report.notes += report.membership.notes
     decide(report)
     report.seconds = time.perf_counter() - t0

@@ -212,9 +212,16 @@ def attack_model(
     n_boot: int,
     alpha: float,
     seed: int,
+    holdout_of: Mapping[str, str] | None = None,
 ) -> ModelAttacks:
     """Loss attack on ``target`` and, with ``references`` (model, patient keys it was trained
-    on), offline LiRA; members are OUT for the references without their patient."""
+    on), offline LiRA; members are OUT for the references without their patient.
+
+    ``holdout_of`` maps a non-member unit to the member patient it was taken from (held-out
+    slices of a distilled patient): a reference trained on that patient saw the same body, so
+    it is not OUT for them either, and both sides are calibrated by the same references.
+    Without it every reference is OUT for every non-member (held-out *patients*)."""
+    owner = holdout_of or {}
     t_mem, t_non = losses(target, members), losses(target, nonmembers)
     out = ModelAttacks(member_mse=float(t_mem.mean()), nonmember_mse=float(t_non.mean()),
                        nonmember_psnr=_psnr(t_non),
@@ -234,7 +241,9 @@ def attack_model(
             mem = losses(model, members)
             inside = np.array([k in trained_on for k in members.keys])
             mem[inside] = np.nan  # only OUT references calibrate a member
-            ref_out.append(np.concatenate([mem, losses(model, nonmembers)]))
+            non = losses(model, nonmembers)
+            non[np.array([owner.get(k) in trained_on for k in nonmembers.keys])] = np.nan
+            ref_out.append(np.concatenate([mem, non]))
         scores = lira_scores(np.concatenate([t_mem, t_non]), None, np.stack(ref_out),
                              pooled_variance=len(references) // 2 < 8)
         n = len(t_mem)
@@ -274,6 +283,7 @@ def audit_membership(
     degrade: Degrade,
     policy: Any,
     progress: Progress | None = None,
+    holdout_of: Mapping[str, str] | None = None,
 ) -> MembershipResult:
     """Target, references and positive control; see the module docstring.
 
@@ -285,6 +295,8 @@ def audit_membership(
         degrade: the package's degradation (:func:`audit_degradation`).
         policy: an :class:`~medidd.privacy.policy.AuditPolicy`.
         progress: ``(stage, done, total)`` after every trained model.
+        holdout_of: non-member key -> the member patient it was taken from, for held-out
+            slices of distilled patients (see :func:`attack_model`).
     """
     if not nonmembers:
         return MembershipResult("not_run", "no held-out patients: pass --holdout, or keep some "
@@ -321,7 +333,7 @@ def audit_membership(
             done += 1
             _report(progress, "package references", done, total)
     result.target = attack_model(target, mem, non, refs, n_boot=policy.n_boot,
-                                 alpha=policy.alpha, seed=seed)
+                                 alpha=policy.alpha, seed=seed, holdout_of=holdout_of)
 
     # positive control: the members' raw slices
     idx = torch.cat([mem.of({k})[_even(len(mem.of({k})), policy.control_slices_per_patient)]
@@ -343,7 +355,7 @@ def audit_membership(
             done += 1
             _report(progress, "control references", done, total)
     result.control = attack_model(control, ctl, non, crefs, n_boot=policy.n_boot,
-                                  alpha=policy.alpha, seed=seed)
+                                  alpha=policy.alpha, seed=seed, holdout_of=holdout_of)
     result.counts = {"member_patients": len(mem.patients), "member_slices": len(mem.keys),
                      "nonmember_patients": len(non.patients), "nonmember_slices": len(non.keys),
                      "control_slices": len(ctl.keys)}
