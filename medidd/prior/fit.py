@@ -4,9 +4,10 @@ Why. CT noise at a given dose grows steeply with how much the body attenuates: t
 variance of a ray scales with ``exp(p)`` (:mod:`medidd.degrade.ct_lowdose`). A denoiser trained
 on synthetic pairs learns the noise level of *their* bodies; if the synthetic bodies attenuate
 less than the site's patients, it under-denoises real scans. Measured on our CT site: the
-procedural atlas has water-equivalent diameters of 225-265 mm, the real patients 270-361 mm,
-and a DnCNN trained on the atlas kept 78% of the full-data PSNR gain on a held-out patient;
-the same atlas scaled to each patient's size kept 87% (docs/benchmarks/distill.md).
+procedural atlas has water-equivalent diameters of 225-265 mm, the real patients 270-361 mm;
+on one held-out patient a DnCNN trained on the atlas kept 78% of the full-data PSNR gain and
+the same atlas scaled to each patient's size 87%, though over all 4 folds the prior alone is
+not better with the fit (docs/method.md has the per-fold numbers).
 
 What. The water-equivalent diameter (AAPM Report 220) of a slice is the diameter of the water
 disc with the same attenuation: ``D_w = 2 sqrt(A_w / pi)``, ``A_w = sum (HU / 1000 + 1) a_pixel``
