@@ -130,9 +130,10 @@ GRID_METHODS = ("random", "prior_only_nofit", "prior_only", "spg_gm", "pixel_gm"
 
 
 def image_grid(work: Path, setting: str, out: Path) -> int:
-    """The distilled HQ images of one training patient for every method in
-    :data:`GRID_METHODS` whose images the run stage cached, atlas prior first, at the IPC with
-    the most such methods; returns that IPC (0 when there is nothing to show)."""
+    """The distilled HQ images of every training patient (rows) for every method in
+    :data:`GRID_METHODS` whose images the run stage cached (columns), atlas prior first, at the
+    IPC with the most such methods (the first image per patient); returns that IPC (0 when
+    there is nothing to show)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,35 +149,39 @@ def image_grid(work: Path, setting: str, out: Path) -> int:
         return sum(any(cache.glob(f"{m}-ipc{ipc}-p-*.pt")) for m in GRID_METHODS)
 
     ipc = max((1, 2, 5), key=lambda k: (cached(k), -k))
-    patient = sorted({f.name.split(f"-ipc{ipc}-")[1][:14] for f in files
-                      if f"-ipc{ipc}-" in f.name})[0]
-    panels: list[tuple[str, Any]] = []
+    patients = sorted({f.name.split(f"-ipc{ipc}-")[1][:14] for f in files
+                       if f"-ipc{ipc}-" in f.name})
+    prior = None
     bundle = work / "bundle.pt"
     if bundle.is_file():
         b = torch.load(bundle, weights_only=False)
         modality = "MR" if setting.startswith("mr") else "CT"
-        prior = b["cohorts"][modality]["folds"][0]["priors"].get(f"atlas:{ipc}")
-        if prior is not None:
-            panels.append(("atlas prior", prior["images"].float()))
-    for m in GRID_METHODS:
-        hit = sorted(cache.glob(f"{m}-ipc{ipc}-{patient}*.pt"))
-        if hit:
-            panels.append((m, torch.load(hit[0], weights_only=True)["hq"].float()))
-    if len(panels) < 2:
+        entry = b["cohorts"][modality]["folds"][0]["priors"].get(f"atlas:{ipc}")
+        prior = entry["images"].float() if entry is not None else None
+    columns = [m for m in GRID_METHODS if any(cache.glob(f"{m}-ipc{ipc}-p-*.pt"))]
+    if not columns:
         return 0
-    fig, axes = plt.subplots(ipc, len(panels), figsize=(2.0 * len(panels), 2.1 * ipc),
-                             squeeze=False)
+    names = (["atlas prior"] if prior is not None else []) + columns
+    fig, axes = plt.subplots(len(patients), len(names),
+                             figsize=(1.8 * len(names), 1.9 * len(patients)), squeeze=False)
     lo, hi = (0.35, 0.65) if not setting.startswith("mr") else (0.0, 1.0)
-    for col, (name, images) in enumerate(panels):
-        for k in range(ipc):
-            ax = axes[k][col]
+    for row, patient in enumerate(patients):
+        for col, name in enumerate(names):
+            ax = axes[row][col]
             ax.axis("off")
-            if k < images.shape[0]:
-                ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
-        axes[0][col].set_title(name, fontsize=8)
-    fig.suptitle(f"{setting}: shipped HQ, patient {patient}, IPC {ipc}", fontsize=9)
+            image = prior
+            if name != "atlas prior":
+                hit = sorted(cache.glob(f"{name}-ipc{ipc}-{patient}*.pt"))
+                image = torch.load(hit[0], weights_only=True)["hq"].float() if hit else None
+            if image is not None:
+                ax.imshow(image[0, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+        axes[row][0].text(-0.1, 0.5, patient, fontsize=6, rotation=90, va="center",
+                          ha="right", transform=axes[row][0].transAxes)
+    fig.suptitle(f"{setting}: first shipped HQ image per patient (rows), IPC {ipc}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
     return ipc
 
@@ -189,10 +194,10 @@ def write_report(work: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "distill.json", json.dumps(rows, indent=1))
     summary = summarise(rows)
-    machine = rows[-1].get("machine", {})
     machines: dict[str, int] = defaultdict(int)
     for r in rows:
-        machines[machine_label(r.get("machine", {}))] += 1
+        m = r.get("machine", {})
+        machines[f"{machine_label(m)}, torch {m.get('torch')}"] += 1
     lines = [
         "# Distillation benchmark",
         "",
@@ -206,7 +211,7 @@ def write_report(work: Path, out: Path) -> Path:
         "",
         "Machines: " + "; ".join(
             f"{label} ({n} rows)" for label, n in sorted(machines.items())
-        ) + f" (torch {machine.get('torch')}); each row's machine is in the `machine` column "
+        ) + "; each row's machine is in the `machine` column "
         "and in distill.json: compare timings only within one machine (quality does not depend "
         f"on it beyond run-to-run noise). Downstream: DnCNN, {rows[-1].get('steps')} steps. "
         "Reproduce: `make bench` (or the three stages of `python -m benchmarks.distill_bench`).",
@@ -247,8 +252,8 @@ def write_report(work: Path, out: Path) -> Path:
         shown = image_grid(work, setting, grid)
         if shown:
             lines += [
-                f"Shipped HQ images at IPC {shown} of one training patient, beside the prior "
-                "they start from (rows: methods cached by the run on this machine):",
+                f"Shipped HQ images at IPC {shown} (the first per patient; rows: patients, "
+                "columns: the atlas prior and every method this machine's run cached):",
                 "",
                 f"![distilled images]({grid.name})",
                 "",
