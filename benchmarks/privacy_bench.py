@@ -407,9 +407,9 @@ def interpret(rows: list[dict[str, Any]], unit: str = "patient") -> list[str]:
             f"The gate AUC of every SPG-GM package lies in [{lo:.3f}, {hi:.3f}], with or without "
             f"DP (down to epsilon {min(r['epsilon'] for r in dp):.2g}): members and non-members "
             "are slabs of the same 4 patients, so anatomy cannot separate them, and no attack "
-            "does. (Before LiRA knew which patient a held-out slab came from, `holdout_of`, "
-            "every model scored LiRA AUC 0.7-0.8 here, the raw-data control included: the "
-            "references that saw the patient made its held-out slabs look ordinary.)")
+            "does. (LiRA is told which patient each held-out slab came from, `holdout_of`; "
+            "without it, the references that saw that patient make its held-out slabs look "
+            "ordinary and anything patient-specific reads as membership.)")
     elif dp and syn:
         lo = min(r["mia_auc"] for r in syn)
         hi = max(r["mia_auc"] for r in syn)

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from medidd._atomic import atomic_write_text
+from medidd._options import look_up_option
 from medidd.degrade import DegradationSpec, build_degradation
-from medidd.prior.fit import fit_to_size
+from medidd.prior.fit import fit_to_size, water_equivalent_diameter
 from medidd.train import TrainConfig, evaluate_enhancer, train_enhancer
 
 #: dead-leaves HU mixture: (weight, mean HU, std HU) of lung, fat, soft tissue, contrast,
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the page from the stored texture_probe.json (no training)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     bundle = torch.load(a.work / "bundle.pt", weights_only=False)
@@ -166,8 +169,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         test_lq = torch.cat([test(held.images[i : i + 32], 424242 + i)
                              for i in range(0, len(held.images), 32)])
     cfg = TrainConfig.model_validate({"steps": a.steps, "device": "cpu", "seed": a.fold})
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for v in variants:  # unknown names fail before any training, with a did-you-mean
+        look_up_option(v, VARIANTS, what="texture probe variant")
+    px = 400.0 / atlas.shape[-1]  # the low-dose model's default field of view
+    atlas_d = water_equivalent_diameter(atlas, window, px)
+    real_d = torch.cat([water_equivalent_diameter(p.images, window, px) for p in site])
+    wed = {"atlas": f"{float(atlas_d.min()):.0f}-{float(atlas_d.max()):.0f}",
+           "patients": f"{float(real_d.min()):.0f}-{float(real_d.max()):.0f}"}
     rows: list[dict[str, Any]] = []
-    for variant in a.variants.split(","):
+    stored = a.out / "texture_probe.json"
+    if a.report_only:
+        if not stored.is_file():
+            raise SystemExit(f"--report-only: {stored} does not exist; run without it first")
+        rows = [r for r in json.loads(stored.read_text()) if r["fold"] == a.fold]
+        variants = []
+    for variant in variants:
         hq, dose = training_set(variant, site, atlas, window)
         t0 = time.perf_counter()
         res = train_enhancer(hq, None, cfg, degrade=_lowdose(dose, window))
@@ -192,13 +209,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"`python -m benchmarks.texture_probe --fold {a.fold}` (CPU, DnCNN {a.steps} "
             f"steps, every slice of held-out patient {held.patient_key}, CT 25% dose, "
             f"LQ PSNR {rows[0]['psnr_lq']:.2f} dB). Variants: see the module docstring.\n\n"
-            + "\n".join(lines) + "\n\n" + reading(rows))
+            + "\n".join(lines) + "\n\n" + reading(rows, wed))
     atomic_write_text(a.out / "texture_probe.md", text)
     return rows
 
 
-def reading(rows: list[dict[str, Any]]) -> str:
-    """What the rows say (every number from the rows; a missing variant drops its line)."""
+def reading(rows: list[dict[str, Any]], wed: dict[str, str] | None = None) -> str:
+    """What the rows say (every number from the rows and ``wed``, the measured water-equivalent
+    diameter ranges of the atlas and the patients; a missing variant drops its line)."""
+    wed = wed or {"atlas": "?", "patients": "?"}
     gain = {r["variant"]: r["gain_retained"] for r in rows if r["gain_retained"] is not None}
 
     def g(v: str) -> str:
@@ -209,9 +228,9 @@ def reading(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"- Noise level: the same atlas trained at dose 0.4 / 0.25 / 0.15 keeps "
             f"{g('atlas_dose=0.4')} / {g('atlas')} / {g('atlas_dose=0.15')} of the gain. The "
-            "atlas bodies are smaller than the patients (water-equivalent diameter 225-265 mm "
-            "vs 270-361 mm here), so at the nominal dose their simulated noise is too weak and "
-            "the denoiser under-denoises real scans.")
+            f"atlas bodies' water-equivalent diameters are {wed['atlas']} mm, the training "
+            f"patients' {wed['patients']} mm: smaller bodies give weaker simulated noise, so at "
+            "the nominal dose the denoiser under-denoises real scans.")
     if {"atlas_fit", "atlas"} <= gain.keys():
         extra = (f"; with it, training at dose 0.2 keeps {g('atlas_fit_dose=0.2')}"
                  if "atlas_fit_dose=0.2" in gain else "")

@@ -4,7 +4,7 @@ Why. CT noise at a given dose grows steeply with how much the body attenuates: t
 variance of a ray scales with ``exp(p)`` (:mod:`medidd.degrade.ct_lowdose`). A denoiser trained
 on synthetic pairs learns the noise level of *their* bodies; if the synthetic bodies attenuate
 less than the site's patients, it under-denoises real scans. Measured on our CT site: the
-procedural atlas has water-equivalent diameters of 225-265 mm, the real patients 270-361 mm;
+procedural atlas has water-equivalent diameters of 225-265 mm, the real patients 269-361 mm;
 on one held-out patient a DnCNN trained on the atlas kept 78% of the full-data PSNR gain and
 the same atlas scaled to each patient's size 87%, though over all 4 folds the prior alone is
 not better with the fit (docs/method.md has the per-fold numbers).
