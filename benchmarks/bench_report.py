@@ -12,7 +12,10 @@ from medidd._atomic import atomic_write_text
 
 ORDER = [
     "full", "random", "herding", "kcenter", "tripled", "dc_real", "dc_noise", "dm", "idc",
-    "prior_only", "pixel_gm", "spg_gm", "spg_gm_long", "prior_only_nofit", "spg_gm_nofit",
+    "prior_only", "pixel_gm", "spg_gm", "spg_gm_scale005", "spg_gm_scale01_lfd",
+    "spg_gm_scale01_lr001", "spg_gm_scale03", "spg_gm_noclip", "spg_gm_lr001", "spg_gm_gm",
+    "spg_gm_lfd", "spg_gm_lfd10", "spg_gm_gradient", "spg_gm_uncentred", "spg_gm_long",
+    "prior_only_nofit", "spg_gm_nofit",
     "prior_only_mean", "prior_only_medoid", "spg_gm_mean", "spg_gm_medoid", "spg_gm_highpass",
     "spg_gm_fullres", "spg_gm_gm_only", "spg_gm_lfd_only",
 ]
@@ -131,26 +134,36 @@ GRID_METHODS = ("random", "prior_only_nofit", "prior_only", "spg_gm", "pixel_gm"
 
 def image_grid(work: Path, setting: str, out: Path) -> int:
     """The distilled HQ images of every training patient (rows) for every method in
-    :data:`GRID_METHODS` whose images the run stage cached (columns), atlas prior first, at the
-    IPC with the most such methods (the first image per patient); returns that IPC (0 when
-    there is nothing to show)."""
+    :data:`GRID_METHODS` whose images the run stage cached for their current config (columns),
+    atlas prior first, at an IPC where the default ``spg_gm`` is cached (IPC 2 first), else the
+    one with the most methods (the first image per patient); returns that IPC (0 when there
+    is nothing to show)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
+    from benchmarks.distill_bench import cache_file
+
     cache = work / "cache" / setting
     files = sorted(cache.glob("*-ipc*-p-*.pt")) if cache.is_dir() else []
     if not files:
         return 0
+    everyone = sorted({f.name.split("-ipc")[1].split("-", 1)[1][:14] for f in files})
+
+    def image_file(method: str, ipc: int, patient: str) -> Path | None:
+        # the file of the label's *current* config (fold 0: grid methods use no local prior)
+        f = cache_file(work, setting, method, ipc, patient, 0)
+        return f if f.is_file() else None
 
     def cached(ipc: int) -> int:
-        return sum(any(cache.glob(f"{m}-ipc{ipc}-p-*.pt")) for m in GRID_METHODS)
+        return sum(any(image_file(m, ipc, p) for p in everyone) for m in GRID_METHODS)
 
-    ipc = max((1, 2, 5), key=lambda k: (cached(k), -k))
-    patients = sorted({f.name.split(f"-ipc{ipc}-")[1][:14] for f in files
-                       if f"-ipc{ipc}-" in f.name})
+    # the default method's IPC first (the grid is there to show what it ships)
+    ipc = max((2, 1, 5), key=lambda k: (any(image_file("spg_gm", k, p) for p in everyone),
+                                        cached(k)))
+    patients = [p for p in everyone if any(image_file(m, ipc, p) for m in GRID_METHODS)]
     prior = None
     bundle = work / "bundle.pt"
     if bundle.is_file():
@@ -158,7 +171,7 @@ def image_grid(work: Path, setting: str, out: Path) -> int:
         modality = "MR" if setting.startswith("mr") else "CT"
         entry = b["cohorts"][modality]["folds"][0]["priors"].get(f"atlas:{ipc}")
         prior = entry["images"].float() if entry is not None else None
-    columns = [m for m in GRID_METHODS if any(cache.glob(f"{m}-ipc{ipc}-p-*.pt"))]
+    columns = [m for m in GRID_METHODS if any(image_file(m, ipc, p) for p in patients)]
     if not columns:
         return 0
     names = (["atlas prior"] if prior is not None else []) + columns
@@ -169,12 +182,12 @@ def image_grid(work: Path, setting: str, out: Path) -> int:
         for col, name in enumerate(names):
             ax = axes[row][col]
             ax.axis("off")
-            image = prior
+            picture = prior
             if name != "atlas prior":
-                hit = sorted(cache.glob(f"{name}-ipc{ipc}-{patient}*.pt"))
-                image = torch.load(hit[0], weights_only=True)["hq"].float() if hit else None
-            if image is not None:
-                ax.imshow(image[0, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
+                hit = image_file(name, ipc, patient)
+                picture = torch.load(hit, weights_only=True)["hq"].float() if hit else None
+            if picture is not None:
+                ax.imshow(picture[0, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
             if row == 0:
                 ax.set_title(name, fontsize=8)
         axes[row][0].text(-0.1, 0.5, patient, fontsize=6, rotation=90, va="center",

@@ -22,6 +22,7 @@ held-out patient. Rows are appended to ``rows.jsonl`` as they finish, so a run i
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -56,28 +57,117 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: benchmark label -> (registered method, prior kind or None for the configured default,
 #: config overrides of the variant)
-#: the ``_nofit`` rows and the variants below them were measured before ``prior.fit_size``
-#: became the default; they keep the unfitted prior so each label means what was run
+#: Earlier defaults keep the settings they ran with, so a label means what was run: the
+#: ``_nofit`` rows (and the variants listed after them) predate ``prior.fit_size``; the
+#: ``_uncentred`` rows, ``spg_gm_long`` and those ``_nofit`` variants predate ``spg.centre`` /
+#: ``spg.grad_clip`` (the residual died on 3 of 4 patients); the ``spg_gm_scale03`` family
+#: predates ``spg.residual_scale: 0.1`` (at 0.3 the centred residual saturated into binary
+#: blobs).
 NOFIT: dict[str, Any] = {"prior": {"fit_size": False}}
+SCALE03: dict[str, Any] = {"spg": {"residual_scale": 0.3}}
+UNCENTRED: dict[str, Any] = {"spg": {"centre": False, "grad_clip": 0.0, "residual_scale": 0.3}}
+
+
+def _merged(*variants: dict[str, Any]) -> dict[str, Any]:
+    """Merge config overrides section by section (later ones win inside a section)."""
+    out: dict[str, Any] = {}
+    for v in variants:
+        for section, values in v.items():
+            out[section] = {**out.get(section, {}), **values}
+    return out
+
+
+OLD = _merged(NOFIT, UNCENTRED)
 METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
-    "full": ("full", None, {}), "random": ("random", None, {}),
-    "herding": ("herding", None, {}), "kcenter": ("kcenter", None, {}),
-    "dc_real": ("dc_real", None, {}), "dc_noise": ("dc_noise", None, {}),
-    "dm": ("dm", None, {}), "idc": ("idc", None, {}), "tripled": ("tripled", None, {}),
-    "prior_only": ("prior_only", None, {}), "spg_gm": ("spg_gm", None, {}),
+    "full": ("full", None, {}),
+    "random": ("random", None, {}),
+    "herding": ("herding", None, {}),
+    "kcenter": ("kcenter", None, {}),
+    "dc_real": ("dc_real", None, {}),
+    "dc_noise": ("dc_noise", None, {}),
+    "dm": ("dm", None, {}),
+    "idc": ("idc", None, {}),
+    "tripled": ("tripled", None, {}),
+    "prior_only": ("prior_only", None, {}),
+    "spg_gm": ("spg_gm", None, {}),
     "pixel_gm": ("pixel_gm", None, {}),
-    "prior_only_nofit": ("prior_only", None, NOFIT), "spg_gm_nofit": ("spg_gm", None, NOFIT),
-    "spg_gm_long": ("spg_gm", None, {"matching": {"iterations": 60}}),
-    "spg_gm_mean": ("spg_gm", "mean", NOFIT), "spg_gm_medoid": ("spg_gm", "medoid", NOFIT),
+    # the default with one setting changed
+    "spg_gm_scale005": ("spg_gm", None, {"spg": {"residual_scale": 0.05}}),
+    "spg_gm_scale01_lfd": ("spg_gm", None, {"matching": {"objective": "lfd"}}),
+    "spg_gm_scale01_lr001": ("spg_gm", None, {"matching": {"lr_syn": 0.001}}),
+    # the centred generator at residual_scale 0.3, then one setting changed each
+    "spg_gm_scale03": ("spg_gm", None, SCALE03),
+    "spg_gm_noclip": ("spg_gm", None, _merged(SCALE03, {"spg": {"grad_clip": 0.0}})),
+    "spg_gm_lr001": ("spg_gm", None, _merged(SCALE03, {"matching": {"lr_syn": 0.001}})),
+    "spg_gm_gm": ("spg_gm", None, _merged(SCALE03, {"matching": {"objective": "gm"}})),
+    "spg_gm_lfd": ("spg_gm", None, _merged(SCALE03, {"matching": {"objective": "lfd"}})),
+    "spg_gm_lfd10": ("spg_gm", None, _merged(SCALE03, {"matching": {"lfd_weight": 10.0}})),
+    "spg_gm_gradient": ("spg_gm", None, _merged(SCALE03, {"spg": {"structure": "gradient"}})),
+    # earlier defaults
+    "spg_gm_uncentred": ("spg_gm", None, UNCENTRED),
+    "spg_gm_long": ("spg_gm", None, _merged(UNCENTRED, {"matching": {"iterations": 60}})),
+    "prior_only_nofit": ("prior_only", None, NOFIT),
+    "spg_gm_nofit": ("spg_gm", None, OLD),
+    "spg_gm_mean": ("spg_gm", "mean", OLD),
+    "spg_gm_medoid": ("spg_gm", "medoid", OLD),
     "prior_only_mean": ("prior_only", "mean", NOFIT),
     "prior_only_medoid": ("prior_only", "medoid", NOFIT),
-    "spg_gm_highpass": ("spg_gm", None, {**NOFIT, "spg": {"residual": "highpass"}}),
-    "spg_gm_fullres": ("spg_gm", None, {**NOFIT, "spg": {"residual": "full"}}),
-    "spg_gm_gm_only": ("spg_gm", None, {**NOFIT, "matching": {"objective": "gm"}}),
-    "spg_gm_lfd_only": ("spg_gm", None, {**NOFIT, "matching": {"objective": "lfd"}}),
+    "spg_gm_highpass": ("spg_gm", None, _merged(OLD, {"spg": {"residual": "highpass"}})),
+    "spg_gm_fullres": ("spg_gm", None, _merged(OLD, {"spg": {"residual": "full"}})),
+    "spg_gm_gm_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "gm"}})),
+    "spg_gm_lfd_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "lfd"}})),
 }
 PRIOR_KINDS = ("mean", "medoid", "atlas")
 IPCS = (1, 2, 5)
+
+
+def method_config(label: str, setting: str, ipc: int, device: str = "cpu") -> Any:
+    """The :class:`DistillConfig` a benchmark label runs with in ``setting`` at ``ipc``.
+
+    Example:
+        >>> method_config("spg_gm_scale03", "ct25", 2).spg.residual_scale
+        0.3
+    """
+    from medidd.distill.config import DistillConfig
+
+    name, _, variant = METHODS[label]
+    st = SETTINGS[setting]
+    base = {
+        **DistillConfig().model_dump(mode="json"),
+        "method": name,
+        "ipc": max(ipc, 1),
+        "task": st["task"],
+        "degradation": st["degradation"],
+        "device": device,
+    }
+    for section, values in variant.items():
+        base[section] = {**base[section], **values}
+    return DistillConfig.model_validate(base)
+
+
+def cache_file(work: Path, setting: str, label: str, ipc: int, patient: str, fold: int) -> Path:
+    """Where the run stage caches ``label``'s distilled images of ``patient``.
+
+    Prior-based labels carry a hash of their config (the device left out, so GPU and CPU runs
+    share it) so a label whose settings change never reuses stale images; a prior computed
+    from the site's patients (mean, medoid) depends on the fold too.
+
+    Example:
+        >>> cache_file(Path("w"), "ct25", "random", 2, "p-1", 0).as_posix()
+        'w/cache/ct25/random-ipc2-p-1.pt'
+    """
+    import medidd.distill  # noqa: F401  (registers the methods)
+    from medidd.distill.base import method_factory
+    from medidd.package import config_hash
+
+    tag = f"{label}-ipc{ipc}-{patient}"
+    name, prior_kind, _ = METHODS[label]
+    cfg = method_config(label, setting, ipc)
+    if getattr(method_factory(name), "needs_prior", False):
+        if (prior_kind or cfg.prior.kind) != "atlas":
+            tag += f"-f{fold}"
+        tag += "-" + config_hash({**cfg.model_dump(mode="json"), "device": None})[:8]
+    return work / "cache" / setting / f"{tag}.pt"
 
 
 @dataclass(frozen=True)
@@ -223,11 +313,10 @@ def run_fold(
 ) -> int:
     """Every (method, ipc) of one fold of one setting; returns the number of rows written."""
     import medidd.distill  # noqa: F401  (registers the methods)
+    from medidd._atomic import atomic_write_bytes
     from medidd.degrade.spec import DegradationSpec, build_degradation
     from medidd.distill.base import DistillContext, method_factory
-    from medidd.distill.config import DistillConfig
     from medidd.distill.run import plan_seed, resolve_device
-    from medidd.package import config_hash
     from medidd.prior.base import Prior
     from medidd.privacy.memorisation import nearest_real
     from medidd.train.evaluate import evaluate_enhancer
@@ -272,22 +361,12 @@ def run_fold(
     for label in ["full", *[m for m in methods if m != "full"]]:
         if label == "full" and full_ev is not None:
             continue
-        name, prior_kind, variant = METHODS[label]
+        name = METHODS[label][0]
         for ipc in [0] if label == "full" else ipcs:
             if (setting, fold, label, ipc) in done and label != "full":
                 continue
-            base = {
-                **DistillConfig().model_dump(mode="json"),
-                "method": name,
-                "ipc": max(ipc, 1),
-                "task": st["task"],
-                "degradation": st["degradation"],
-                "device": str(dev),
-            }
-            for section, values in variant.items():
-                base[section] = {**base[section], **values}
-            cfg = DistillConfig.model_validate(base)
-            kind = prior_kind or cfg.prior.kind
+            cfg = method_config(label, setting, ipc, str(dev))
+            kind = METHODS[label][1] or cfg.prior.kind
             method = method_factory(name)(cfg)
             prior = None
             if method.needs_prior:
@@ -295,11 +374,7 @@ def run_fold(
                 prior = Prior(pr["images"], pr["z"], kind, pr["local_data"])
             hqs, secs = [], []
             for p in site:
-                local = method.needs_prior and kind != "atlas"
-                tag = f"{label}-ipc{ipc}-{p.patient_key}" + (f"-f{fold}" if local else "")
-                if method.needs_prior:  # a label's config may change between versions
-                    tag += "-" + config_hash(cfg.model_dump(mode="json"))[:8]
-                cache = work / "cache" / setting / f"{tag}.pt"
+                cache = cache_file(work, setting, label, ipc, p.patient_key, fold)
                 if label == "full":
                     hqs.append(p.images)
                     continue
@@ -319,8 +394,11 @@ def run_fold(
                 )
                 d = method.distill(p, ctx)
                 s = time.perf_counter() - t0
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"hq": d.hq, "seconds": s}, cache)
+                # folds run as parallel workers and share atlas-prior caches: a reader must
+                # never see a half-written file
+                buf = io.BytesIO()
+                torch.save({"hq": d.hq, "seconds": s}, buf)
+                atomic_write_bytes(cache, buf.getvalue())
                 hqs.append(d.hq)
                 secs.append(s)
             hq = torch.cat(hqs)

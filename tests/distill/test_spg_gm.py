@@ -139,3 +139,29 @@ def test_unknown_names_suggest_the_fix() -> None:
         DistillConfig.model_validate({"task": "denoize"})
     with pytest.raises(ValueError, match="did you mean 'highpass'"):
         DistillConfig.model_validate({"spg": {"residual": "highpas"}})
+
+
+def test_saturated_generator_output_still_gets_gradients() -> None:
+    """The dead-residual bug: a bias deep in tanh's tail gave a constant residual (removed by
+    the high-pass) and exactly zero gradients; centring keeps the generator trainable."""
+    from medidd.distill.config import SPGConfig
+    from medidd.distill.spg_gm import spg_residual
+
+    w = torch.randn(2, 1, 24, 24, generator=torch.Generator().manual_seed(1))
+
+    def grad(centre: bool) -> float:
+        out = (torch.full((2, 1, 24, 24), 40.0) + 0.1 * w).requires_grad_(True)
+        (spg_residual(out, SPGConfig(centre=centre)) * w).sum().backward()
+        assert out.grad is not None
+        return float(out.grad.abs().max())
+
+    assert grad(centre=False) == 0.0
+    assert grad(centre=True) > 1e-3
+
+
+def test_default_residual_stays_alive_on_a_real_patient(patient: SliceSet, degrade) -> None:  # type: ignore[no-untyped-def]
+    out, prior = _run(patient, degrade)
+    body = prior.images > 0.05
+    change = (out.hq - prior.images).abs()[body]
+    assert change.mean() > 1e-3, "the generator added nothing: the residual died"
+    assert change.max() <= DistillConfig().spg.residual_scale * 2 + 1e-6
