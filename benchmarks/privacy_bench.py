@@ -303,6 +303,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row (cached per row under ``--work/rows``)."""
     from medidd.distill.config import DistillConfig
     from medidd.distill.run import distill_site
+    from medidd.package import config_hash
 
     torch.set_num_threads(args.threads)
     work = args.work
@@ -315,14 +316,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name, data in configs(args).items():
         if only and name not in only:
             continue
-        stem = f"{name}-it{args.iterations}x{args.outer_loop}-s{args.steps}-{tag}"
+        cfg = DistillConfig.model_validate(data)
+        # the config's hash in every cached name: a changed default never reuses stale work
+        pkg = f"{name}-{config_hash(cfg.model_dump(mode='json'))[:8]}"
+        stem = f"{pkg}-s{args.steps}-{tag}"
         cache = work / "rows" / f"{stem}.json"
         if cache.is_file() and not args.fresh:
             rows[name] = json.loads(cache.read_text())
             continue
-        cfg = DistillConfig.model_validate(data)
-        out = work / "packages" / (f"{name}-it{args.iterations}x{args.outer_loop}"
-                                   + ("" if args.unit == "patient" else "-slice"))
+        out = work / "packages" / (pkg + ("" if args.unit == "patient" else "-slice"))
         t0 = time.perf_counter()
         if not (out / "manifest.json").is_file():
             logger.info("%s: distilling", name)
