@@ -431,8 +431,9 @@ def interpret(rows: list[dict[str, Any]], unit: str = "patient") -> list[str]:
             "scores: a DnCNN trained this long on whole CT slices does not memorise them "
             "measurably, so by the audit's rule every verdict here is failed (near copies) or "
             "inconclusive. The attack code does detect a memorising model (tests: AUC > 0.99); "
-            "a control that proves power on denoisers needs far more training per slice or "
-            "many more patients than this cohort has.")
+            "a control that proves power on denoisers must be trained until it memorises "
+            "(control_probe.md measures which recipe and budget does) or needs many more "
+            "patients than this cohort has.")
     elif ctl and ctl["mia_auc_control"] is not None and ctl["mia_auc_control"] < 0.7:
         out.append(
             f"The positive control is not detected (AUC {ctl['mia_auc_control']:.3f} < 0.7), so "
@@ -518,6 +519,19 @@ COHORT_TEXT = {
   patient's non-member slabs under their own pseudonym. Every anatomy is on both sides, so the
   attack cannot read anatomy as membership (the confound of the patient-level protocol in
   [privacy.md](privacy.md)); utility is measured on the non-member slabs.""",
+}
+COHORT_CAVEAT = {
+    "patient": """- **Tiny cohort**: 2 member and 2 non-member patients. The attack scores slices,
+  but slices of one patient are correlated, so the AUC mostly measures how 2 patients differ
+  from 2 others; the bootstrap resamples patients, so its intervals rest on 2 + 2 groups. An
+  AUC far from 0.5 here can come from patient differences (lung vs abdomen anatomy) as much as
+  from membership; the positive control is what shows the attack can see membership at all.
+- Members and non-members are different anatomies (lung + chest CTA vs lung + abdomen), which
+  biases the loss attack on any model; LiRA's references calibrate per slice and correct part
+  of it.""",
+    "slice": """- **Tiny cohort**: 4 patients, each on both sides. The bootstrap resamples groups (a
+  member patient, a patient's held-out slabs), so the intervals rest on 4 + 4 groups: wide by
+  nature, and the point estimate is the reading.""",
 }
 CAVEAT_TEXT = {
     "patient": "",
@@ -608,14 +622,7 @@ The positive control's own PSNR on the held-out slices (a memorising model train
 ## Caveats (read before quoting)
 
 {CAVEAT_TEXT[unit]}
-- **Tiny cohort**: 2 member and 2 non-member patients. The attack scores slices, but slices of
-  one patient are correlated, so the AUC mostly measures how 2 patients differ from 2 others;
-  the bootstrap intervals in privacy.json are slice-level and too narrow. An AUC far from 0.5
-  here can come from patient differences (lung vs abdomen anatomy) as much as from membership;
-  the positive control is what shows the attack can see membership at all.
-- Members and non-members are different anatomies (lung + chest CTA vs lung + abdomen), which
-  biases the loss attack on any model; LiRA's references calibrate per slice and correct part
-  of it.
+{COHORT_CAVEAT[unit]}
 - TPR at 1 % FPR: with {n_non} non-member slices the smallest non-zero FPR is
   1/{n_non}{floor_note}, so the column is the TPR at zero false positives (strict).
 - Memorisation of `random` is 1.0 by construction (it ships real slices): the audit fails it on
@@ -623,7 +630,9 @@ The positive control's own PSNR on the held-out slices (a memorising model train
 - One seed per row, a small matching budget (CPU), the image-domain noise model: the absolute
   PSNRs are below what a longer run reaches; compare rows with each other.
 - The DP guarantee covers the synthetic images (slice-level, per patient, RDP accountant); the
-  atlas prior holds nothing of a local patient, so nothing is outside the guarantee.
+  atlas prior holds nothing of a local patient, but fitting it to the patient's body size
+  (`prior.fit_size`, the default) takes one number per patient outside the guarantee: the
+  manifest lists it under `not_covered` (`patient_body_size`).
 """
     atomic_write_text(out_dir / f"{stem}.md", text)
 
