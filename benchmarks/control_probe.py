@@ -10,6 +10,12 @@ and scores the loss attack against the held-out slabs, with the audit's patient-
 interval. Rows are cached per recipe under ``--work`` (a rerun only trains what is missing) and
 written to ``docs/benchmarks/control_probe.{md,json}`` with the machine they ran on.
 
+``--package DIR`` trains the same recipe on a package's synthetic HQ images instead (LQ drawn
+once by the audit's degradation: fixed pairs, as for the control) and runs the same attack:
+the worst-case downstream model for that package. With a control that is detected, an AUC
+near 0.5 here says the package carries no membership signal even for a model that memorises
+everything it is given.
+
 Run: ``python -m benchmarks.control_probe --nets unet:32:4 --steps 3000,8000 [--device cuda]``
 (``--report-only`` rewrites the page from the cached rows).
 
@@ -60,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slices-per-patient", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--package", type=Path, default=None,
+                   help="train on this package's synthetic images instead of raw member slices "
+                        "(a package of the slice protocol: privacy_bench --unit slice)")
     p.add_argument("--report-only", action="store_true")
     return p
 
@@ -72,10 +81,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "rows.jsonl"
     rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.is_file() else []
-    done = {(json.dumps(r["net"], sort_keys=True), r["steps"], r["slices_per_patient"])
-            for r in rows}
+    source = "raw member slices" if args.package is None else f"package {args.package.name}"
+    done = {(json.dumps(r["net"], sort_keys=True), r["steps"], r["slices_per_patient"],
+             r.get("trained_on", "raw member slices")) for r in rows}
     todo = [(n, s) for n in nets for s in steps
-            if (json.dumps(n, sort_keys=True), s, args.slices_per_patient) not in done]
+            if (json.dumps(n, sort_keys=True), s, args.slices_per_patient, source) not in done]
     if args.report_only or not todo:
         return rows
     if args.threads:
@@ -90,21 +100,32 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     idx = torch.cat([mem.of({k})[_even(len(mem.of({k})), args.slices_per_patient)]
                      for k in mem.patients])
     ctl = mem.subset(idx)
+    train_hq, train_lq = ctl.hq, ctl.lq
+    if args.package is not None:
+        from medidd.package import read_package
+        from medidd.train import derive_seed
+
+        pkg = read_package(args.package)
+        train_hq = pkg.hq
+        train_lq = torch.cat([degrade(pkg.hq[i : i + 1], derive_seed(policy.seed, 1, i))
+                              for i in range(len(pkg.hq))])
     for net, n_steps in todo:
         cfg = policy.control.model_copy(update={
             "net": NetConfig.model_validate(net), "steps": n_steps, "device": args.device,
             "deterministic": args.device == "cpu"})
         t0 = time.perf_counter()
-        model = train_enhancer(ctl.hq, ctl.lq, cfg).model.cpu()
+        model = train_enhancer(train_hq, train_lq, cfg).model.cpu()
         seconds = time.perf_counter() - t0
         res = attack_model(model, ctl, non, [], n_boot=policy.n_boot, alpha=policy.alpha,
                            seed=policy.seed)
         loss = res.attacks["loss"].result
-        row = {"net": net, "params": sum(p.numel() for p in model.parameters()),
+        row = {"net": net, "trained_on": source,
+               "params": sum(p.numel() for p in model.parameters()),
                "steps": n_steps, "batch_size": cfg.batch_size,
                "slices_per_patient": args.slices_per_patient, "control_slices": len(ctl.keys),
                "nonmember_slices": len(non.keys),
-               "epochs": round(n_steps * cfg.batch_size / len(ctl.keys), 1),
+               "train_images": len(train_hq),
+               "epochs": round(n_steps * cfg.batch_size / len(train_hq), 1),
                "loss_auc": loss.auc, "loss_auc_ci": list(loss.auc_ci),
                "tpr_at_1fpr": loss.tpr_at_1,
                "member_mse": res.member_mse, "nonmember_mse": res.nonmember_mse,
@@ -129,17 +150,18 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         ...      "steps": 8000, "epochs": 2000.0, "control_slices": 32, "loss_auc": 0.95,
         ...      "loss_auc_ci": [0.9, 0.99], "member_mse": 3e-4, "nonmember_mse": 1e-3,
         ...      "train_s": 51.0, "machine": "H100"}
-        >>> to_markdown([r]).splitlines()[-1].split(" | ")[:6]
-        ['| unet 32/4', '818,443', '8000', '2000', '32', '0.950 [0.90, 0.99]']
+        >>> to_markdown([r]).splitlines()[-1].split(" | ")[:7]
+        ['| unet 32/4', 'raw member slices', '818,443', '8000', '2000', '32', '0.950 [0.90, 0.99]']
     """
-    head = ("| control net | parameters | steps | epochs | member slices | loss AUC [95% CI] "
-            "| member MSE | non-member MSE | train s | machine |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| net | trained on | parameters | steps | epochs | member slices "
+            "| loss AUC [95% CI] | member MSE | non-member MSE | train s | machine |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         n = r["net"]
         lines.append(
-            f"| {n['name']} {n['width']}/{n['depth']} | {r['params']:,} | {r['steps']} "
+            f"| {n['name']} {n['width']}/{n['depth']} | {r.get('trained_on', 'raw member slices')} "
+            f"| {r['params']:,} | {r['steps']} "
             f"| {r['epochs']:g} | {r['control_slices']} | {r['loss_auc']:.3f} "
             f"{_ci(r.get('loss_auc_ci'))} | {r['member_mse']:.1e} | {r['nonmember_mse']:.1e} "
             f"| {r['train_s']:.0f} | {r['machine']} |")
@@ -156,9 +178,12 @@ def command(row: dict[str, Any]) -> str:
     """
     n = row["net"]
     device = "cpu" if "no GPU" in row["machine"] else "cuda"
+    trained_on = row.get("trained_on", "raw member slices")
+    package = "" if not trained_on.startswith("package ") else (
+        f" --package WORK/packages/{trained_on.removeprefix('package ')}")
     return (f"python -m benchmarks.control_probe --nets {n['name']}:{n['width']}:{n['depth']} "
             f"--steps {row['steps']} --slices-per-patient {row['slices_per_patient']} "
-            f"--device {device}")
+            f"--device {device}{package}")
 
 
 def write_docs(rows: list[dict[str, Any]], out: Path) -> Path:
