@@ -197,6 +197,17 @@ def write_docs(rows: list[dict[str, Any]], out: Path) -> Path:
                f"{best['epochs']:g} epochs over {best['control_slices']} slices). "
                f"The audit calls a verdict conclusive when its control reaches "
                f"`min_control_auc` ({AuditPolicy().min_control_auc}).")
+    def recipe(r: dict[str, Any]) -> tuple[str, int, int]:
+        return json.dumps(r["net"], sort_keys=True), r["steps"], r["slices_per_patient"]
+
+    raw = {recipe(r): r for r in rows if r.get("trained_on", "raw member slices").startswith("raw")}
+    pairs = [(r, raw[recipe(r)]) for r in rows
+             if r.get("trained_on", "").startswith("package ") and recipe(r) in raw]
+    reading += "".join(
+        f"\n\nThe same recipe trained on {p['trained_on']}: loss AUC {p['loss_auc']:.3f} "
+        f"{_ci(p.get('loss_auc_ci'))} on the same member and non-member slices, against "
+        f"{c['loss_auc']:.3f} {_ci(c.get('loss_auc_ci'))} when trained on the raw slices."
+        for p, c in pairs)
     commands = sorted({command(r) for r in rows})
     page = f"""# Positive-control probe (issue 5)
 
@@ -208,7 +219,9 @@ runs (cached under `--work`); each one is reproduced by one of:
 Candidate positive-control recipes trained on the members' raw slices (slice protocol of
 `privacy_bench --unit slice`: alternating 8-slice slabs of the 4 real CT patients; whole
 slices, the fixed LQ pairs the attack scores, the audit's control optimiser), loss-threshold
-attack against the held-out slabs, patient-level bootstrap interval.
+attack on those member slices against the held-out slabs, patient-level bootstrap interval.
+Rows trained on a package get the same recipe on the package's synthetic images (LQ drawn
+once): the worst-case downstream model for that package, attacked on the same slices.
 
 {to_markdown(rows)}
 

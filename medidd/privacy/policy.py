@@ -11,8 +11,8 @@ The numbers and why they are what they are:
 - ``max_mia_auc`` 0.6, read on ``auc_statistic``: ``point`` (default) compares the AUC estimate;
   ``upper`` compares the upper end of its bootstrap interval (stricter; with a few patients the
   interval is wide and most packages then fail). The slices of one patient are correlated, so the
-  slice-level bootstrap interval is narrower than the truth: the point estimate and the number of
-  patients, both in the report, are the honest reading.
+  bootstrap resamples whole patients; the point estimate and the number of patients, both in
+  the report, are the honest reading.
 - ``gate_attacks``: which attacks the verdict reads (the highest AUC among them counts).
 - ``min_control_auc`` 0.7: the positive control (a model trained on the members' raw slices)
   must be detected at least this well by the gate attacks, otherwise the audit is inconclusive.
