@@ -261,3 +261,26 @@ def test_cli_fails_on_planted_copy(dicom_tree: Path, atlas_pkg: Path, members: l
     assert read_package(planted).manifest.audit.status == "failed"
     bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "nowhere"), *args[5:]])
     assert bad.exit_code == 2
+
+
+def test_memorising_preset_runs_end_to_end(atlas_pkg: Path, site: list[SliceSet]) -> None:
+    """configs/audit_memorising.yaml through run_audit, its budget shrunk to test size: the
+    package model and the control share the recipe, only the loss attack runs and gates."""
+    from medidd.config import load_config
+
+    preset = load_config(AuditPolicy, Path(__file__).resolve().parents[2]
+                         / "configs" / "audit_memorising.yaml")
+    small = {"steps": 20, "device": "cpu",
+             "net": preset.control.net.model_copy(update={"width": 8, "depth": 2})}
+    policy = preset.model_copy(update={
+        "target": preset.target.model_copy(update=small),
+        "control": preset.control.model_copy(update=small),
+        "max_eval_slices_per_patient": 8, "control_slices_per_patient": 4, "n_boot": 20,
+        "reference_slices_per_patient": 8})
+    stages: list[str] = []
+    report = run_audit(atlas_pkg, site, None, policy, progress=lambda s, d, n: stages.append(s))
+    m = report.membership
+    assert m is not None and m.status == "run" and m.target is not None and m.control is not None
+    assert set(m.target.attacks) == {"loss"} == set(m.control.attacks)
+    assert "package references" not in stages and "control references" not in stages
+    assert report.gate["control_auc"] == m.control.attacks["loss"].result.auc
