@@ -50,7 +50,10 @@ def parse_net(text: str) -> dict[str, Any]:
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
         raise SystemExit(f"--nets: '{text}' is not name:width:depth (e.g. unet:32:4)")
     net = {"name": parts[0], "width": int(parts[1]), "depth": int(parts[2])}
-    NetConfig.model_validate(net)
+    try:
+        NetConfig.model_validate(net)
+    except ValueError as exc:  # pydantic's ValidationError: keep only its message
+        raise SystemExit(f"--nets: '{text}': {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
     return net
 
 
@@ -77,7 +80,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train every (net, steps) control that has no cached row; return all cached rows."""
     policy = AuditPolicy()
     nets = [parse_net(n) for n in args.nets.split(",")]
-    steps = [int(s) for s in args.steps.split(",")]
+    try:
+        steps = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        raise SystemExit(f"--steps: '{args.steps}' is not comma-separated integers") from None
+    if args.package is not None and not (args.package / "manifest.json").is_file():
+        raise SystemExit(f"--package: {args.package} holds no manifest.json; pass a package "
+                         "folder written by medidd-node distill or privacy_bench")
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.work / "rows.jsonl"
     rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.is_file() else []
@@ -114,7 +123,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "net": NetConfig.model_validate(net), "steps": n_steps, "device": args.device,
             "deterministic": args.device == "cpu"})
         t0 = time.perf_counter()
-        model = train_enhancer(train_hq, train_lq, cfg).model.cpu()
+        every = max(1, n_steps // 20)
+
+        def progress(step: int, loss: float, n: int = n_steps, every: int = every,
+                     name: str = net["name"], start: float = t0) -> None:
+            if step % every == 0 or step == n:
+                print(f"  {name} {step}/{n} steps, loss {loss:.2e}, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+
+        model = train_enhancer(train_hq, train_lq, cfg, progress=progress).model.cpu()
         seconds = time.perf_counter() - t0
         res = attack_model(model, ctl, non, [], n_boot=policy.n_boot, alpha=policy.alpha,
                            seed=policy.seed)
