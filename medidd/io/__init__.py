@@ -15,11 +15,14 @@ _LAZY = {
     "ingest": "medidd.io.discover",
     "load_cohort": "medidd.io.discover",
     "summarise_cohort": "medidd.io.discover",
+    "folder_patient_key": "medidd.io.discover",
     "load_or_create_salt": "medidd.io.pseudonym",
     "pseudonymise": "medidd.io.pseudonym",
     "read_volume_file": "medidd.io.readers",
     "write_dicom_series": "medidd.io.sample_data",
     "make_sample_patients": "medidd.io.sample_data",
+    "sample_region": "medidd.io.sample_data",
+    "sample_regions": "medidd.io.sample_data",
 }
 
 __all__ = [
@@ -31,12 +34,15 @@ __all__ = [
     "Patient",
     "Skipped",
     "Volume",
+    "folder_patient_key",
     "ingest",
     "load_cohort",
     "load_or_create_salt",
     "make_sample_patients",
     "pseudonymise",
     "read_volume_file",
+    "sample_region",
+    "sample_regions",
     "summarise_cohort",
     "write_dicom_series",
 ]

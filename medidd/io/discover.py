@@ -14,6 +14,10 @@ finest slice spacing, then the largest matrix — because several reconstruction
 (kernels, phases) would otherwise weigh a patient twice; its pixels are decoded, and if that
 fails the next candidate is tried. ``series="all"`` keeps every usable series.
 
+Label maps and masks (NIfTI/NRRD files named or shaped like one, see :mod:`medidd.io.masks`;
+DICOM SEG and RTSTRUCT objects) never become a patient's image: they are skipped before the
+series of a patient are ranked and before any modality is guessed.
+
 Nothing raises for bad data: each unusable file or series becomes a :class:`Skipped` item with
 a one-line reason naming the file relative to the patients folder; one bad patient never stops
 the others. These ``source`` paths are for the site operator only: they may contain local
@@ -93,6 +97,30 @@ class _Candidate:
     files: list[str]
     duplicates: dict[str, str]
     load: Callable[[], Volume]
+
+
+def _folder_identity(folder: str) -> str:
+    return f"dir:{folder}"
+
+
+def folder_patient_key(folder: str, salt: bytes) -> str:
+    """The key :func:`ingest` gives the patient in sub-folder ``folder`` of the patients folder
+    (layout A; a folder that mixes PatientIDs is split into other keys).
+
+    Lets a caller that made the tree (benchmarks, :mod:`medidd.io.sample_data`) tell which
+    patient came from which folder without file names leaving ``medidd.io``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from medidd.io.sample_data import write_dicom_series
+        >>> from medidd.io.volume import Volume
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> v = Volume(np.zeros((3, 4, 4), np.float32) - 1000, (2.0, 1.0, 1.0), "CT", "p", "s")
+        >>> _ = write_dicom_series(v, d / "CT-01-x", patient_name="A^B", patient_id="A1")
+        >>> ingest(d, b"0" * 32).cohort.patients[0].key == folder_patient_key("CT-01-x", b"0" * 32)
+        True
+    """
+    return pseudonymise(_folder_identity(folder), salt)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -328,7 +356,7 @@ def ingest(
                 progress(done, total)
             continue
         volumes, others = _split_files(files, root)
-        unit = _Unit(f"dir:{source}", f"{source}/", volume_files=volumes)
+        unit = _Unit(_folder_identity(source), f"{source}/", volume_files=volumes)
         for path in others:
             unit.headers.append(read_header(path, _rel(path, root)))
         parts = _split_folder(unit, report)

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
 
 SERIES_POLICIES = ("largest", "all")
 NONFINITE_POLICIES = ("reject", "replace")

@@ -6,14 +6,16 @@ canonical (Z, H, W) order of :mod:`medidd.io.geometry` by permuting/flipping axe
 
 Modality: a volume file carries none, so it comes from the caller's hint (``modality="CT"``)
 or, without a hint, from :func:`guess_modality`: **CT** when the minimum is below -500 and at
-least 1% of the voxels lie in the air band of Hounsfield units (-1100 to -900), **MR**
-otherwise. MR intensities are arbitrary and rarely negative; a CT in HU always shows air
-(outside the body, lungs, bowel). Pass the hint for CT stored without the -1024 offset.
+least 1% of the voxels lie in the air band of Hounsfield units (-1100 to -900), or when at
+least 5% lie in the fat band (-200 to -50: a crop inside the body, such as a spine CT, holds
+no air); **MR** otherwise. MR intensities are arbitrary and rarely negative. Pass the hint for
+CT stored without the -1024 offset.
 
-Rejected with a reason (``VolumeFileError``): unreadable files, 4D/vector/colour images,
-a single 2D slice (unless ``allow_2d``), too few slices, label maps (integers with at most 8
-distinct values) and non-finite voxels (NaN/inf; or ``nonfinite="replace"`` sets them to the
-smallest finite value).
+Rejected with a reason (``VolumeFileError``): unreadable files; label maps and masks, by name
+or by content (:mod:`medidd.io.masks`; ``LabelMapError``, raised before any modality guess);
+4D time series (fMRI, DWI: one 3D volume per file is read, never a silent pick of one), 5D and
+vector/colour images; a single 2D slice (unless ``allow_2d``); too few slices; non-finite
+voxels (NaN/inf; or ``nonfinite="replace"`` sets them to the smallest finite value).
 
 Example:
     >>> import tempfile, pathlib, numpy as np, SimpleITK as sitk
@@ -37,6 +39,7 @@ import numpy.typing as npt
 import SimpleITK as sitk
 
 from medidd.io.geometry import to_canonical_axial
+from medidd.io.masks import label_map_evidence, mask_name_marker
 from medidd.io.options import IngestOptions
 from medidd.io.volume import Modality, Volume
 
@@ -45,10 +48,15 @@ logger = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
 DETACHED_DATA_SUFFIXES = (".raw", ".raw.gz", ".raw.bz2")
 AIR_HU = (-1100.0, -900.0)
+FAT_HU = (-200.0, -50.0)
 
 
 class VolumeFileError(ValueError):
     """A volume file that cannot be used; ``str(exc)`` is a one-line reason."""
+
+
+class LabelMapError(VolumeFileError):
+    """The file is a label map or mask (by name or content): never a patient's image."""
 
 
 def is_volume_file(path: Path) -> bool:
@@ -58,38 +66,62 @@ def is_volume_file(path: Path) -> bool:
 
 
 def guess_modality(data: npt.NDArray[np.floating]) -> Modality:
-    """CT if ``data`` looks like Hounsfield units (minimum < -500 and >= 1% air), else MR.
+    """CT if ``data`` looks like Hounsfield units, else MR.
+
+    CT: the minimum is below -500 and >= 1% of the voxels are air (-1100..-900 HU), or >= 5%
+    are fat (-200..-50 HU; a crop inside the body holds no air). MR intensities are rarely
+    negative. Never called on a label map (those are rejected first).
 
     Example:
         >>> guess_modality(np.array([-1024.0, -1000, 40, 300])), guess_modality(np.arange(9.0))
         ('CT', 'MR')
+        >>> guess_modality(np.array([-120.0, -90, 30, 60, 400, 900]))  # spine crop: fat, no air
+        'CT'
     """
-    if data.size == 0 or float(np.min(data)) >= -500.0:
+    if data.size == 0:
+        return "MR"
+    fat = np.count_nonzero((data >= FAT_HU[0]) & (data <= FAT_HU[1]))
+    if fat >= 0.05 * data.size:
+        return "CT"
+    if float(np.min(data)) >= -500.0:
         return "MR"
     air = np.count_nonzero((data >= AIR_HU[0]) & (data <= AIR_HU[1]))
     return "CT" if air >= 0.01 * data.size else "MR"
 
 
-def _looks_like_labels(data: npt.NDArray[np.generic]) -> bool:
-    if not np.issubdtype(data.dtype, np.integer) and not np.issubdtype(data.dtype, np.bool_):
-        return False
-    sample = data.ravel()[:: max(1, data.size // 200_000)]
-    return bool(np.unique(sample).size <= 8 and np.unique(data).size <= 8)
-
-
 _Raw = tuple[npt.NDArray[np.generic], npt.NDArray[np.float64], tuple[float, float, float]]
 
 
-def _squeeze_to_3d(data: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-    if data.ndim == 4 and data.shape[3] != 1:
-        raise VolumeFileError(f"4D image ({data.shape[3]} volumes); store one 3D volume per file")
-    if data.ndim == 4:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim != 3:
-        raise VolumeFileError(f"{data.ndim}D image; expected a 3D volume")
-    return data
+def volume_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The 3D shape of a stored image of ``shape``, or a :class:`VolumeFileError` saying why it
+    is not one volume. Trailing axes of length 1 are dropped; a 2D image gets one slice.
+
+    Example:
+        >>> volume_shape((64, 64, 30, 1)), volume_shape((64, 64))
+        ((64, 64, 30), (64, 64, 1))
+        >>> volume_shape((64, 64, 30, 120))
+        Traceback (most recent call last):
+        ...
+        medidd.io.readers.VolumeFileError: 4D image (120 volumes of 64x64x30, ...): save ...
+    """
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) == 4:
+        raise VolumeFileError(
+            f"4D image ({dims[3]} volumes of {'x'.join(map(str, dims[:3]))}, a time series such "
+            "as fMRI or DWI): save the one 3D volume to use as its own file"
+        )
+    if len(dims) > 4:
+        raise VolumeFileError(
+            f"{len(dims)}D image ({'x'.join(map(str, dims))}: vector, tensor or multi-component "
+            "data), not a grayscale CT/MR volume"
+        )
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3:
+        raise VolumeFileError(f"{len(dims)}D data ({'x'.join(map(str, dims))}), not an image")
+    return dims[0], dims[1], dims[2]
 
 
 def _read_nifti(path: Path) -> _Raw:
@@ -99,7 +131,8 @@ def _read_nifti(path: Path) -> _Raw:
         raise VolumeFileError("not a NIfTI-1/2 image")
     if image.get_data_dtype().names is not None:
         raise VolumeFileError("vector/colour image, not a grayscale CT/MR volume")
-    data = _squeeze_to_3d(np.asanyarray(image.dataobj))
+    shape = volume_shape(tuple(int(n) for n in image.shape))  # before loading a 4D series
+    data = np.asanyarray(image.dataobj).reshape(shape)
     affine = np.asarray(image.affine, dtype=np.float64)
     columns = affine[:3, :3] * np.array([[-1.0], [-1.0], [1.0]])  # RAS -> LPS
     spacing = np.linalg.norm(columns, axis=0)
@@ -114,8 +147,8 @@ def _read_itk(path: Path) -> _Raw:
     image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeFileError("vector/colour image, not a grayscale CT/MR volume")
-    array = sitk.GetArrayFromImage(image)  # (k, j, i) or (t, k, j, i)
-    data = _squeeze_to_3d(array.transpose())
+    shape = volume_shape(tuple(int(n) for n in image.GetSize()))  # (i, j, k[, t])
+    data = sitk.GetArrayFromImage(image).transpose().reshape(shape)
     n = image.GetDimension()
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3]
     if n == 2:
@@ -143,9 +176,16 @@ def read_volume_file(
         options: ``modality`` hint, ``min_slices``, ``allow_2d``, ``nonfinite``.
 
     Raises:
-        VolumeFileError: with a one-line reason naming ``file``.
+        LabelMapError: the file is a label map or mask (by name or content).
+        VolumeFileError: any other unusable file; one-line reasons that name ``file``.
     """
     opts = options or IngestOptions()
+    marker = mask_name_marker(path.name)
+    if marker is not None:
+        raise LabelMapError(
+            f"{file}: label map or mask by its name ('{marker}'), not an image; masks are never "
+            "used as images (rename the file if it holds an image)"
+        )
     try:
         is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
         raw, dirs, spacing = _read_nifti(path) if is_nifti else _read_itk(path)
@@ -155,8 +195,12 @@ def read_volume_file(
         raise VolumeFileError(
             f"{file}: unreadable volume file ({type(exc).__name__}): damaged or truncated"
         ) from None
-    if _looks_like_labels(raw):
-        raise VolumeFileError(f"{file}: label map or mask (few integer values), not an image")
+    evidence = label_map_evidence(raw)
+    if evidence is not None:
+        raise LabelMapError(
+            f"{file}: label map or mask ({evidence}), not an image; masks are never used as "
+            "images"
+        )
     data = raw.astype(np.float32)
     bad = ~np.isfinite(data)
     if bad.any():

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["pseudonym", "options", "geometry", "dicom_header", "dicom", "readers", "discover",
-           "sample_data"]
+           "sample_data", "masks"]
 
 
 @pytest.mark.parametrize("name", MODULES)
