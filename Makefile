@@ -20,12 +20,11 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-$(SAMPLES)/.complete:
-	@echo "fetching the real CT/MR samples and DICOM corpus (pip only, ~110 MB)"
+# the fetch script runs every time: it returns at once when the cohort is complete, and fetches
+# an older cohort (marker .complete, without .complete-v2) again
+samples:
 	@bash $(SHARED)/data/fetch_real_samples.sh $(SAMPLES) 2>&1 | grep -v "is ignored: it is neither" || true
-	@test -f $@ || { echo "could not fetch the real samples: is $(SHARED) beside this clone?"; exit 1; }
-
-samples: $(SAMPLES)/.complete
+	@test -f $(SAMPLES)/.complete-v2 || { echo "could not fetch the real samples: is $(SHARED) beside this clone?"; exit 1; }
 
 lint: venv
 	$(BIN)/ruff check medidd hospital_node aggregator tests benchmarks

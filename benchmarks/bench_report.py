@@ -1,14 +1,21 @@
-"""Turn benchmark rows (``rows-*.jsonl``) into ``distill.md``, ``distill.json`` and plots."""
+"""Turn benchmark rows (``rows-*.jsonl``) into ``distill.md``, ``distill.json`` and plots.
+
+Rows of the current cohort come from the run stage; rows of earlier cohorts are kept in
+``distill.json`` as they were measured (a row without ``cohort`` is a ``"v1"`` row: 4 CT and 3
+MR patients, the benchmark's own copy of distillation), but the tables show one cohort only.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from medidd._atomic import atomic_write_text
+from medidd.atomic import atomic_write_text
+from medidd.train import gain_retained
 
 ORDER = [
     "full", "random", "herding", "kcenter", "tripled", "dc_real", "dc_noise", "dm", "idc",
@@ -19,32 +26,42 @@ ORDER = [
     "prior_only_mean", "prior_only_medoid", "spg_gm_mean", "spg_gm_medoid", "spg_gm_highpass",
     "spg_gm_fullres", "spg_gm_gm_only", "spg_gm_lfd_only",
 ]
+REAL_SLICES = {"full", "random", "herding", "kcenter", "tripled", "dc_real"}
+#: the cohort the tables show
+CURRENT = "v2"
+#: columns of a summary (lists over folds; a missing value is NaN)
+FIELDS = ("psnr", "ssim", "psnr_lq", "psnr_full", "gain_retained", "max_nn_ncc",
+          "nn_ncc_p99_ref", "distill_s_per_patient", "bytes_ratio", "train_s", "ood_psnr",
+          "ood_psnr_lq", "ood_psnr_full")
 
 
 def _ordered(methods: set[str]) -> list[str]:
     """Known methods in table order, then any other (a new variant) alphabetically."""
     return [m for m in ORDER if m in methods] + sorted(methods - set(ORDER))
-REAL_SLICES = {"full", "random", "herding", "kcenter", "tripled", "dc_real"}
 
 
-def gain_retained(psnr: float, psnr_lq: float, psnr_full: float) -> float:
-    """Share of the full-data PSNR gain over the input; NaN when full data gains nothing."""
-    denom = psnr_full - psnr_lq
-    return (psnr - psnr_lq) / denom if abs(denom) > 1e-6 else float("nan")
-
-
-def load_rows(work: Path) -> list[dict[str, Any]]:
-    """Every row of ``rows-*.jsonl``; ``gain_retained`` recomputed from the PSNRs it holds."""
+def load_rows(work: Path, previous: Path | None = None) -> list[dict[str, Any]]:
+    """Every row of ``work/rows-*.jsonl`` plus the rows of earlier cohorts in ``previous``
+    (an earlier ``distill.json``); ``gain_retained`` recomputed from the PSNRs each holds."""
     rows = []
     for f in sorted(work.glob("rows-*.jsonl")):
         rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if rows and previous is not None and previous.is_file():
+        current = {r.get("cohort", "v1") for r in rows}
+        rows = [r for r in json.loads(previous.read_text())
+                if r.get("cohort", "v1") not in current] + rows
     for r in rows:
+        r.setdefault("cohort", "v1")
         r["gain_retained"] = gain_retained(r["psnr"], r["psnr_lq"], r["psnr_full"])
     return rows
 
 
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
-    values = [v for v in values if v == v]  # drop NaN (undefined ratios)
+    values = [v for v in values if v == v]  # drop NaN (undefined ratios, missing values)
     if not values:
         return "–"
     if len(values) == 1:
@@ -63,31 +80,35 @@ def machine_label(machine: dict[str, Any]) -> str:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Rows grouped by (setting, method, ipc): every :data:`FIELDS` as a list over folds."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["setting_id"], r["method"], r["ipc"])].append(r)
     out = {}
     for key, rs in groups.items():
-        out[key] = {
-            k: [float(r[k]) for r in rs]
-            for k in (
-                "psnr",
-                "ssim",
-                "psnr_lq",
-                "psnr_full",
-                "gain_retained",
-                "max_nn_ncc",
-                "nn_ncc_p99_ref",
-                "distill_s_per_patient",
-                "bytes_ratio",
-                "train_s",
-            )
-        }
+        out[key] = {k: [_num(r.get(k)) for r in rs] for k in FIELDS}
         out[key]["folds"] = len(rs)
         out[key]["machines"] = sorted({machine_label(r.get("machine", {})) for r in rs})
         out[key]["setting"] = rs[0]["setting"]
         out[key]["task"] = rs[0]["task"]
+        out[key]["below_ref"] = sum(int(r.get("n_below_ref", 0)) for r in rs)
+        out[key]["n_images"] = sum(int(r.get("n_images", 0)) for r in rs)
     return out
+
+
+def paired(rows: list[dict[str, Any]], setting: str, a: str, b: str, ipc: int) -> list[float]:
+    """Per-fold PSNR differences ``a - b`` (dB) on the folds where both ran.
+
+    Example:
+        >>> rs = [{"setting_id": "s", "method": m, "ipc": 2, "fold": f, "psnr": p}
+        ...       for m, f, p in [("a", 0, 31.0), ("b", 0, 30.0), ("a", 1, 30.0)]]
+        >>> paired(rs, "s", "a", "b", 2)
+        [1.0]
+    """
+    by = {(r["method"], r["fold"]): r["psnr"] for r in rows
+          if r["setting_id"] == setting and r["ipc"] == ipc}
+    folds = sorted({f for m, f in by if m == a} & {f for m, f in by if m == b})
+    return [by[(a, f)] - by[(b, f)] for f in folds]
 
 
 def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out: Path) -> None:
@@ -97,27 +118,17 @@ def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = _ordered({k[1] for k in summary if k[0] == setting})
-    for m in methods:
-        pts = sorted(
-            (k[2], statistics.mean(v["psnr"]))
-            for k, v in summary.items()
-            if k[0] == setting and k[1] == m and k[2] > 0
-        )
+    for m in _ordered({k[1] for k in summary if k[0] == setting}):
+        pts = sorted((k[2], statistics.mean(v["psnr"])) for k, v in summary.items()
+                     if k[0] == setting and k[1] == m and k[2] > 0)
         if pts:
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker="o",
-                label=m,
-                linestyle="--" if m in REAL_SLICES else "-",
-            )
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m,
+                    linestyle="--" if m in REAL_SLICES else "-")
     full = [v for k, v in summary.items() if k[0] == setting and k[1] == "full"]
     if full:
         ax.axhline(statistics.mean(full[0]["psnr"]), color="k", lw=1, label="full data")
-        ax.axhline(
-            statistics.mean(full[0]["psnr_lq"]), color="gray", lw=1, ls=":", label="LQ input"
-        )
+        ax.axhline(statistics.mean(full[0]["psnr_lq"]), color="gray", lw=1, ls=":",
+                   label="LQ input")
     ax.set_xlabel("images per patient (IPC)")
     ax.set_ylabel("PSNR on held-out patients (dB)")
     ax.set_title(f"{setting}: PSNR vs IPC (dashed = ships real slices)")
@@ -127,150 +138,153 @@ def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out
     plt.close(fig)
 
 
-#: rows of the image grid, top to bottom (when their images are cached)
-GRID_METHODS = ("random", "prior_only_nofit", "prior_only", "spg_gm", "pixel_gm", "dc_real",
-                "dc_noise", "dm", "idc", "tripled")
+#: columns of the image grid, left to right (when their fold-0 package exists)
+GRID_METHODS = ("random", "prior_only", "spg_gm", "pixel_gm", "dc_real", "dc_noise", "dm",
+                "idc", "tripled")
 
 
 def image_grid(work: Path, setting: str, out: Path) -> int:
-    """The distilled HQ images of every training patient (rows) for every method in
-    :data:`GRID_METHODS` whose images the run stage cached for their current config (columns),
-    atlas prior first, at an IPC where the default ``spg_gm`` is cached (IPC 2 first), else the
-    one with the most methods (the first image per patient); returns that IPC (0 when there
-    is nothing to show)."""
+    """The first shipped HQ image of every site patient of fold 0 (rows) for every method of
+    :data:`GRID_METHODS` whose fold-0 package the run wrote (columns), at IPC 2 when the
+    default's package exists there (else 1, then 5); returns that IPC (0: nothing to show).
+    The images come from the packages themselves (``read_package``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    from benchmarks.distill_bench import cache_file
+    from medidd.package import read_package
 
-    cache = work / "cache" / setting
-    files = sorted(cache.glob("*-ipc*-p-*.pt")) if cache.is_dir() else []
-    if not files:
-        return 0
-    everyone = sorted({f.name.split("-ipc")[1].split("-", 1)[1][:14] for f in files})
+    root = work / "packages" / setting
 
-    def image_file(method: str, ipc: int, patient: str) -> Path | None:
-        # the file of the label's *current* config (fold 0: grid methods use no local prior)
-        f = cache_file(work, setting, method, ipc, patient, 0)
-        return f if f.is_file() else None
+    def package(method: str, ipc: int) -> Path | None:
+        path = root / f"{method}-ipc{ipc}-fold0"
+        return path if (path / "manifest.json").is_file() else None
 
-    def cached(ipc: int) -> int:
-        return sum(any(image_file(m, ipc, p) for p in everyone) for m in GRID_METHODS)
-
-    # the default method's IPC first (the grid is there to show what it ships)
-    ipc = max((2, 1, 5), key=lambda k: (any(image_file("spg_gm", k, p) for p in everyone),
-                                        cached(k)))
-    patients = [p for p in everyone if any(image_file(m, ipc, p) for m in GRID_METHODS)]
-    prior = None
-    bundle = work / "bundle.pt"
-    if bundle.is_file():
-        b = torch.load(bundle, weights_only=False)
-        modality = "MR" if setting.startswith("mr") else "CT"
-        entry = b["cohorts"][modality]["folds"][0]["priors"].get(f"atlas:{ipc}")
-        prior = entry["images"].float() if entry is not None else None
-    columns = [m for m in GRID_METHODS if any(image_file(m, ipc, p) for p in patients)]
+    ipc = next((k for k in (2, 1, 5) if package("spg_gm", k)), 0) or next(
+        (k for k in (2, 1, 5) if any(package(m, k) for m in GRID_METHODS)), 0)
+    columns = [m for m in GRID_METHODS if ipc and package(m, ipc)]
     if not columns:
         return 0
-    names = (["atlas prior"] if prior is not None else []) + columns
-    fig, axes = plt.subplots(len(patients), len(names),
-                             figsize=(1.8 * len(names), 1.9 * len(patients)), squeeze=False)
+    pkgs = {m: read_package(package(m, ipc)) for m in columns}  # type: ignore[arg-type]
+    patients = [p.key for p in pkgs[columns[0]].manifest.patients]
+    fig, axes = plt.subplots(len(patients), len(columns),
+                             figsize=(1.8 * len(columns), 1.9 * len(patients)), squeeze=False)
     lo, hi = (0.35, 0.65) if not setting.startswith("mr") else (0.0, 1.0)
-    for row, patient in enumerate(patients):
-        for col, name in enumerate(names):
+    for col, name in enumerate(columns):
+        pkg = pkgs[name]
+        starts = {p.key: p.start for p in pkg.manifest.patients}
+        for row, key in enumerate(patients):
             ax = axes[row][col]
             ax.axis("off")
-            picture = prior
-            if name != "atlas prior":
-                hit = image_file(name, ipc, patient)
-                picture = torch.load(hit, weights_only=True)["hq"].float() if hit else None
-            if picture is not None:
-                ax.imshow(picture[0, 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
+            if key in starts:
+                ax.imshow(pkg.hq[starts[key], 0].numpy(), cmap="gray", vmin=lo, vmax=hi)
             if row == 0:
                 ax.set_title(name, fontsize=8)
-        axes[row][0].text(-0.1, 0.5, patient, fontsize=6, rotation=90, va="center",
-                          ha="right", transform=axes[row][0].transAxes)
-    fig.suptitle(f"{setting}: first shipped HQ image per patient (rows), IPC {ipc}", fontsize=9)
+            if col == 0:
+                ax.text(-0.1, 0.5, key, fontsize=6, rotation=90, va="center", ha="right",
+                        transform=ax.transAxes)
+    fig.suptitle(f"{setting}: first shipped HQ image per patient (rows), IPC {ipc}, fold 0",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return ipc
 
 
+def _table(summary: dict[tuple[str, str, int], dict[str, Any]], keys: list[tuple[str, str, int]],
+           ood: bool) -> list[str]:
+    head = ("| method | IPC | PSNR | SSIM | gain | NN-NCC max | below ref | ref | s/patient | "
+            "bytes | folds | machine |")
+    if ood:
+        head = head.replace("| folds |", "| head CT PSNR | folds |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    setting = keys[0][0]
+    for m in _ordered({k[1] for k in keys}):
+        for ipc in sorted({k[2] for k in keys if k[1] == m}):
+            v = summary[(setting, m, ipc)]
+            below = f"{v['below_ref']}/{v['n_images']}" if m != "full" else "–"
+            cells = [m, str(ipc or "all"), _ms(v["psnr"]), _ms(v["ssim"], "{:.3f}"),
+                     f"{_ms([100 * g for g in v['gain_retained']], '{:.0f}')}%",
+                     _ms(v["max_nn_ncc"], "{:.3f}"), below, _ms(v["nn_ncc_p99_ref"], "{:.3f}"),
+                     _ms(v["distill_s_per_patient"], "{:.1f}"),
+                     f"{_ms([100 * b for b in v['bytes_ratio']], '{:.2f}')}%"]
+            if ood:
+                cells.append(_ms(v["ood_psnr"]))
+            cells += [str(v["folds"]), ", ".join(v["machines"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(work: Path, out: Path) -> Path:
-    """Write ``distill.md``/``distill.json``/plots under ``out`` from the rows under ``work``."""
-    rows = load_rows(work)
-    if not rows:
-        raise SystemExit(f"no benchmark rows under {work}: run the `run` stage first")
+    """Write ``distill.md``/``distill.json``/plots under ``out`` from the rows under ``work``
+    (rows of earlier cohorts already in ``out/distill.json`` are kept in the JSON)."""
+    rows = load_rows(work, out / "distill.json")
+    shown = [r for r in rows if r["cohort"] == CURRENT]
+    if not shown:
+        raise SystemExit(f"no benchmark rows of cohort {CURRENT} under {work}: run the `run` "
+                         "stage first")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "distill.json", json.dumps(rows, indent=1))
-    summary = summarise(rows)
+    summary = summarise(shown)
     machines: dict[str, int] = defaultdict(int)
-    for r in rows:
+    for r in shown:
         m = r.get("machine", {})
         machines[f"{machine_label(m)}, torch {m.get('torch')}"] += 1
+    older = sorted({r["cohort"] for r in rows} - {CURRENT})
     lines = [
         "# Distillation benchmark",
         "",
-        "Leave-one-patient-out on the real sample patients (distil the others, train the "
-        "downstream net on the distilled pairs with LQ re-drawn every epoch, evaluate on every "
-        "slice of the held-out patient). Mean ± std over folds. `gain` = share of the full-data "
-        "PSNR gain over the LQ input kept; `NN-NCC` = highest NCC between any shipped image and "
-        "any real slice of the site (near-copy line 0.95; `ref` = 99th percentile of "
-        "nearest-other-patient NCC, the ideal line); `bytes` = package arrays / raw int16 "
-        "voxels of the site's patients.",
+        f"Cohort {CURRENT}, through the product's code path (`code_path: product`): the real "
+        "samples as a hospital DICOM tree, the site's ingestion and preprocessing, "
+        "`distill_site` (what `medidd-node distill` runs) writing a real package, and "
+        "`train_and_score` (the one measurement path: downstream DnCNN trained on the "
+        "package's HQ with LQ re-drawn every epoch, scored on every slice of the held-out "
+        "patients with LQ from `heldout_lq`). Patient-level folds: CT = the 10 body CTs in 5 "
+        "folds of 2 held out (site of 8); MR = the 7 MR subjects in 4 folds. Mean ± std over "
+        "folds. `gain` = share of the full-data PSNR gain over the LQ input kept; `NN-NCC "
+        "max` = highest NCC between any shipped image and any real slice of the site "
+        "(near-copy line 0.95); `ref` = the fold's ideal line (99th percentile of "
+        "nearest-other-patient NCC); `below ref` = shipped images under it / all; `bytes` = "
+        "package arrays / raw int16 voxels of the site; `head CT PSNR` = the same model on the "
+        "2 head CTs, never at any site (out of distribution; their LQ input and full-data "
+        "scores are in the text below each table).",
         "",
-        "Machines: " + "; ".join(
-            f"{label} ({n} rows)" for label, n in sorted(machines.items())
-        ) + "; each row's machine is in the `machine` column "
-        "and in distill.json: compare timings only within one machine (quality does not depend "
-        f"on it beyond run-to-run noise). Downstream: DnCNN, {rows[-1].get('steps')} steps. "
-        "Reproduce: `make bench` (or the three stages of `python -m benchmarks.distill_bench`).",
+        "Machines: " + "; ".join(f"{label} ({n} rows)" for label, n in sorted(machines.items()))
+        + f". Downstream: DnCNN, {shown[-1].get('steps')} steps. Reproduce: `make bench` (or "
+        "`python -m benchmarks.distill_bench all`; `--settings/--methods/--ipc` for a part).",
         "",
     ]
-    for setting in sorted({r["setting_id"] for r in rows}):
-        srows = [k for k in summary if k[0] == setting]
-        s0 = summary[srows[0]]
-        lines += [
-            f"## {s0['task']} {s0['setting']} ({setting})",
-            "",
-            "| method | IPC | PSNR | SSIM | gain | NN-NCC | ref | s/patient | bytes | "
-            "train s | folds | machine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        lq = summary[srows[0]]["psnr_lq"]
-        for m in _ordered({k[1] for k in srows}):
-            for ipc in sorted({k[2] for k in srows if k[1] == m}):
-                v = summary[(setting, m, ipc)]
-                lines.append(
-                    f"| {m} | {ipc or 'all'} | {_ms(v['psnr'])} | {_ms(v['ssim'], '{:.3f}')} | "
-                    f"{_ms([100 * g for g in v['gain_retained']], '{:.0f}')}% | "
-                    f"{_ms(v['max_nn_ncc'], '{:.3f}')} | {_ms(v['nn_ncc_p99_ref'], '{:.3f}')} | "
-                    f"{_ms(v['distill_s_per_patient'], '{:.1f}')} | "
-                    f"{_ms([100 * b for b in v['bytes_ratio']], '{:.2f}')}% | "
-                    f"{_ms(v['train_s'], '{:.0f}')} | {v['folds']} | "
-                    f"{', '.join(v['machines'])} |"
-                )
-        lines += [
-            "",
-            f"LQ input PSNR: {_ms(lq)} dB.",
-            "",
-            f"![PSNR vs IPC]({setting}_psnr_vs_ipc.png)",
-            "",
-        ]
+    if older:
+        lines += [f"Rows of earlier cohorts ({', '.join(older)}: 4 CT / 3 MR patients, "
+                  "leave-one-out, measured with the benchmark's own copy of distillation) stay "
+                  "in distill.json with their `cohort`; they are not comparable with these.", ""]
+    for setting in sorted({r["setting_id"] for r in shown}):
+        keys = [k for k in summary if k[0] == setting]
+        s0 = summary[keys[0]]
+        ood = any(v == v for k in keys for v in summary[k]["ood_psnr"])
+        lines += [f"## {s0['task']} {s0['setting']} ({setting})", ""]
+        lines += _table(summary, keys, ood)
+        lq = summary[keys[0]]["psnr_lq"]
+        lines += ["", f"LQ input PSNR: {_ms(lq)} dB."]
+        full = summary.get((setting, "full", 0))
+        if ood and full is not None:
+            lines.append(f"Head CTs (out of distribution): LQ input {_ms(full['ood_psnr_lq'])} "
+                         f"dB, full-data model {_ms(full['ood_psnr'])} dB.")
+        for ipc in sorted({k[2] for k in keys if k[1] == "spg_gm"}):
+            for other in ("prior_only", "random"):
+                d = paired(shown, setting, "spg_gm", other, ipc)
+                if d:
+                    lines.append(f"Paired per fold, spg_gm − {other} at IPC {ipc}: "
+                                 + ", ".join(f"{x:+.2f}" for x in d) + " dB.")
+        lines += ["", f"![PSNR vs IPC]({setting}_psnr_vs_ipc.png)", ""]
         _plot(summary, setting, out / f"{setting}_psnr_vs_ipc.png")
         grid = out / f"{setting}_images.png"
-        shown = image_grid(work, setting, grid)
-        if shown:
-            lines += [
-                f"Shipped HQ images at IPC {shown} (the first per patient; rows: patients, "
-                "columns: the atlas prior and every method this machine's run cached):",
-                "",
-                f"![distilled images]({grid.name})",
-                "",
-            ]
+        ipc_shown = image_grid(work, setting, grid)
+        if ipc_shown:
+            lines += [f"Shipped HQ images at IPC {ipc_shown} (fold 0's packages; the first per "
+                      "patient; rows: patients, columns: methods):", "",
+                      f"![distilled images]({grid.name})", ""]
     path = out / "distill.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -35,9 +35,10 @@ from typing import Any
 import torch
 
 from benchmarks.privacy_bench import machine, prepare, spec, split_cohort
-from medidd._atomic import atomic_write_text
+from medidd.atomic import atomic_write_text
+from medidd.degrade import build_degradation, draw_lq
 from medidd.nets.registry import NetConfig
-from medidd.privacy.membership import _even, attack_model, audit_degradation, eval_set
+from medidd.privacy.membership import attack_model, eval_set, even_indices
 from medidd.privacy.policy import AuditPolicy
 from medidd.train import train_enhancer
 
@@ -101,23 +102,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         torch.set_num_threads(args.threads)
     cohort = prepare(args.samples, args.work)
     members, holdout = split_cohort(cohort, "slice")
-    degrade = audit_degradation(spec().model_dump(mode="json"), members[0].window, True)
+    degrade = build_degradation(spec(), members[0].window, fast=True)
     mem = eval_set(members, seed=policy.seed, limit=policy.max_eval_slices_per_patient,
                    degrade=degrade)
     non = eval_set(holdout, seed=policy.seed, limit=policy.max_eval_slices_per_patient,
                    degrade=degrade)
-    idx = torch.cat([mem.of({k})[_even(len(mem.of({k})), args.slices_per_patient)]
+    idx = torch.cat([mem.of({k})[even_indices(len(mem.of({k})), args.slices_per_patient)]
                      for k in mem.patients])
     ctl = mem.subset(idx)
     train_hq, train_lq = ctl.hq, ctl.lq
     if args.package is not None:
         from medidd.package import read_package
-        from medidd.train import derive_seed
-
         pkg = read_package(args.package)
         train_hq = pkg.hq
-        train_lq = torch.cat([degrade(pkg.hq[i : i + 1], derive_seed(policy.seed, 1, i))
-                              for i in range(len(pkg.hq))])
+        train_lq = draw_lq(pkg.hq, degrade, policy.seed, "control-lq")
     for net, n_steps in todo:
         cfg = policy.control.model_copy(update={
             "net": NetConfig.model_validate(net), "steps": n_steps, "device": args.device,

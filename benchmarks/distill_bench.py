@@ -1,28 +1,31 @@
-"""The distillation benchmark of issue 3: every method, leave-one-patient-out, real patients.
+"""The distillation benchmark on cohort v2, through the product's own code path.
 
-Three stages, so the heavy middle one can run wherever a GPU is (it needs only torch, pydantic
-and MONAI) while reading DICOM stays at the site:
+Every number comes from the functions a site and the aggregator run: the real samples are
+written as a hospital's DICOM tree (``make_sample_patients``), read back by the site's
+ingestion and preprocessing (``prepare_patients``, with its cache), distilled by
+:func:`medidd.distill.run.distill_site` (the function ``medidd-node distill`` calls: site
+checks, seeds, prior, checkpoints, package) into a real package, read back with
+``read_package``, and scored by :func:`medidd.train.train_and_score` (the one measurement
+path: downstream DnCNN with LQ re-drawn every epoch, held-out LQ from ``heldout_lq``).
+
+Folds are patient-level. CT: the 10 body CTs (chest, abdomen, spine) in 5 folds of 2 held-out
+patients (each fold's site has 8); the 2 head CTs are never at a site: every CT model is also
+scored on them (``ood_*``: out of distribution). MR x2: the 7 MR subjects in 4 folds (2, 2, 2, 1
+held out). A patient distilled with the same config and prior in several folds is distilled
+once (``distill_site``'s checkpoint folder is shared, keyed by config and prior hash).
 
     python -m benchmarks.distill_bench prepare --samples data/samples --work out/bench
-    python -m benchmarks.distill_bench run --work out/bench [--device auto] [--workers 4]
+    python -m benchmarks.distill_bench run --work out/bench [--settings ct25] [--methods ...]
     python -m benchmarks.distill_bench report --work out/bench --out docs/benchmarks
 
-(``all`` runs the three in a row; ``make bench`` calls it.)
-
-*prepare* writes the real sample volumes as DICOM series, reads them back through the product's
-ingestion and preprocessing (``prepare_patients``), and stores, per setting, the patients'
-slices, the population priors of every fold (they depend on which patients form the site) and
-the cross-patient NCC reference line. *run* distils every training patient of every fold with
-every method and IPC, trains the downstream denoiser/SR net on the union (LQ re-drawn every
-epoch from the degradation spec, as the aggregator does) and scores it on every slice of the
-held-out patient. Rows are appended to ``rows.jsonl`` as they finish, so a run is restartable.
-*report* turns the rows into ``distill.md``, ``distill.json`` and plots.
+(``all`` runs the three in a row; ``make bench`` calls it.) Rows are appended to
+``rows-<setting>-<fold>.jsonl`` as they finish, so a run is restartable; without
+``--methods``/``--ipc`` the run goes through :data:`PLAN` in order (the default's rows first).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -33,7 +36,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_report import gain_retained
+from medidd.lookup import look_up_option
+
+COHORT = "v2"
+CODE_PATH = "product"
+#: the benchmark's site salt (pseudonyms are stable across runs of the benchmark)
+SALT = b"medidd-benchmark-salt-0000000000"
+#: folds per modality (patient-level; held-out patients of fold f: every n-th from f)
+N_FOLDS = {"CT": 5, "MR": 4}
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "ct25": {
@@ -56,7 +66,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 #: benchmark label -> (registered method, prior kind or None for the configured default,
-#: config overrides of the variant)
+#: config overrides of the variant). Every label is a :class:`DistillConfig` run through
+#: :func:`medidd.distill.run.distill_site`, nothing else.
 #: Earlier defaults keep the settings they ran with, so a label means what was run: the
 #: ``_nofit`` rows (and the variants listed after them) predate ``prior.fit_size``; the
 #: ``_uncentred`` rows, ``spg_gm_long`` and those ``_nofit`` variants predate ``spg.centre`` /
@@ -117,7 +128,6 @@ METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "spg_gm_gm_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "gm"}})),
     "spg_gm_lfd_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "lfd"}})),
 }
-PRIOR_KINDS = ("mean", "medoid", "atlas")
 IPCS = (1, 2, 5)
 
 
@@ -130,7 +140,9 @@ def method_config(label: str, setting: str, ipc: int, device: str = "cpu") -> An
     """
     from medidd.distill.config import DistillConfig
 
-    name, _, variant = METHODS[label]
+    label = look_up_option(label, list(METHODS), what="benchmark method")
+    setting = look_up_option(setting, list(SETTINGS), what="benchmark setting")
+    name, prior_kind, variant = METHODS[label]
     st = SETTINGS[setting]
     base = {
         **DistillConfig().model_dump(mode="json"),
@@ -140,42 +152,26 @@ def method_config(label: str, setting: str, ipc: int, device: str = "cpu") -> An
         "degradation": st["degradation"],
         "device": device,
     }
+    if prior_kind is not None:
+        base["prior"] = {**base["prior"], "kind": prior_kind}
     for section, values in variant.items():
         base[section] = {**base[section], **values}
     return DistillConfig.model_validate(base)
 
 
-def cache_file(work: Path, setting: str, label: str, ipc: int, patient: str, fold: int) -> Path:
-    """Where the run stage caches ``label``'s distilled images of ``patient``.
-
-    Prior-based labels carry a hash of their config (the device left out, so GPU and CPU runs
-    share it) so a label whose settings change never reuses stale images; a prior computed
-    from the site's patients (mean, medoid) depends on the fold too.
-
-    Example:
-        >>> cache_file(Path("w"), "ct25", "random", 2, "p-1", 0).as_posix()
-        'w/cache/ct25/random-ipc2-p-1.pt'
-    """
-    import medidd.distill  # noqa: F401  (registers the methods)
-    from medidd.distill.base import method_factory
-    from medidd.package import config_hash
-
-    tag = f"{label}-ipc{ipc}-{patient}"
-    name, prior_kind, _ = METHODS[label]
-    cfg = method_config(label, setting, ipc)
-    if getattr(method_factory(name), "needs_prior", False):
-        if (prior_kind or cfg.prior.kind) != "atlas":
-            tag += f"-f{fold}"
-        tag += "-" + config_hash({**cfg.model_dump(mode="json"), "device": None})[:8]
-    return work / "cache" / setting / f"{tag}.pt"
-
-
-@dataclass(frozen=True)
-class Job:
-    setting: str
-    fold: int
-    method: str
-    ipc: int
+#: the default run, in order: (setting, labels, IPCs). The private default and its references
+#: come first, so a run stopped early has the rows that matter most.
+CORE = ["full", "random", "prior_only", "spg_gm"]
+BASELINES = ["herding", "kcenter", "pixel_gm", "dc_real", "dc_noise", "dm", "idc", "tripled"]
+PLAN: list[tuple[str, list[str], list[int]]] = [
+    ("ct25", CORE, [2]),
+    ("mr_x2", CORE, [2]),
+    ("ct10", CORE, [2]),
+    ("ct25", ["random", "prior_only", "spg_gm"], [1, 5]),
+    ("ct25", BASELINES, [2]),
+    ("mr_x2", BASELINES, [2]),
+    ("ct10", BASELINES, [2]),
+]
 
 
 def _machine() -> dict[str, Any]:
@@ -188,291 +184,297 @@ def _machine() -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- prepare
-def prepare(samples: Path, work: Path, ipcs: tuple[int, ...] = IPCS) -> Path:
-    """Real samples -> DICOM trees -> slices + priors + reference lines in ``work/bundle.pt``
-    (one cohort per modality; settings of one modality share it)."""
+# ----------------------------------------------------------------------------- cohort
+@dataclass(frozen=True, eq=False)
+class Patient:
+    """One preprocessed patient of the benchmark cohort, with what the site operator knows."""
+
+    slices: Any  # SliceSet
+    name: str  # the sample's folder name (never shipped)
+    region: str  # "head" | "body"
+    raw_bytes: int  # int16 voxels of the volume the slices come from
+
+    @property
+    def key(self) -> str:
+        return str(self.slices.patient_key)
+
+
+def cohort(samples: Path, work: Path, modality: str) -> list[Patient]:
+    """The real samples of ``modality`` as a site would read them, sorted by pseudonym.
+
+    The DICOM tree and the preprocessing cache live under ``work`` (written once)."""
     from medidd.distill.config import DistillConfig
+    from medidd.io.discover import folder_patient_key
     from medidd.io.options import IngestOptions
-    from medidd.io.sample_data import make_sample_patients
+    from medidd.io.sample_data import make_sample_patients, sample_regions
     from medidd.preprocess.cohort import prepare_patients
-    from medidd.prior import build_prior
+
+    tree = work / f"dicom_{modality.lower()}"
+    if not (tree / ".complete").is_file():
+        make_sample_patients(samples, tree, modality=modality, overwrite=True)
+        (tree / ".complete").write_text("ok\n")
+    prep = prepare_patients(
+        tree,
+        salt=SALT,
+        cfg=DistillConfig().preprocess,
+        options=IngestOptions(modality=modality),
+        cache_dir=work / "cache" / "prepare",
+    )
+    regions = sample_regions(tree, SALT)
+    names = {folder_patient_key(d.name, SALT): d.name for d in tree.iterdir() if d.is_dir()}
+    raw = {}
+    for row in prep.summary:
+        if row.get("shape") and row.get("patient"):
+            z, h, w = row["shape"]
+            raw[row["patient"]] = int(z) * int(h) * int(w) * 2
+    out = [
+        Patient(s, names[s.patient_key], regions[s.patient_key], raw.get(s.patient_key, 0))
+        for s in prep.slices
+    ]
+    return sorted(out, key=lambda p: p.key)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A fold: the site's patients, the held-out ones, the out-of-distribution ones."""
+
+    index: int
+    site: list[Patient]
+    held: list[Patient]
+    ood: list[Patient]
+
+
+def folds(patients: list[Patient], modality: str) -> list[Fold]:
+    """Patient-level folds (see the module doc): held-out patients of fold ``f`` are every
+    ``n``-th in-distribution patient from ``f``; head CTs are out of distribution for body CT.
+
+    Example:
+        >>> from types import SimpleNamespace as N
+        >>> ps = [Patient(N(patient_key=f"p-{i}"), f"CT-{i}", "body", 0) for i in range(10)]
+        >>> [[p.key for p in f.held] for f in folds(ps, "CT")][:2]
+        [['p-0', 'p-5'], ['p-1', 'p-6']]
+    """
+    n = N_FOLDS[modality]
+    core = [p for p in patients if modality == "MR" or p.region == "body"]
+    ood = [p for p in patients if p.key not in {c.key for c in core}]
+    out = []
+    for f in range(n):
+        held = core[f::n]
+        out.append(Fold(f, [p for p in core if p.key not in {h.key for h in held}], held, ood))
+    return out
+
+
+def reference_line(work: Path, setting: str, fold: Fold) -> float:
+    """The fold's ideal line (99th percentile of nearest-other-patient NCC among the site's
+    patients), cached in ``work/refs.json``."""
+    from medidd.atomic import atomic_write_text
     from medidd.privacy.memorisation import cross_patient_reference
 
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = DistillConfig()
-    bundle: dict[str, Any] = {"cohorts": {}, "config": cfg.model_dump(mode="json")}
-    cohorts: dict[str, Any] = {}
-    for modality in ("CT", "MR"):
-        tree = work / f"dicom_{modality.lower()}"
-        if not tree.exists():
-            make_sample_patients(samples, tree, modality=modality)
-        prep = prepare_patients(
-            tree,
-            salt=b"medidd-benchmark-salt-0000000000",
-            cfg=cfg.preprocess,
-            options=IngestOptions(modality=modality),
-        )
-        raw = {}
-        for row in prep.summary:
-            if "source" not in row and row.get("shape"):
-                z, h, w = row["shape"]
-                raw[row["patient"]] = int(z) * int(h) * int(w) * 2  # int16 voxels
-        cohorts[modality] = (prep.slices, raw)
-    for modality, (slices, raw) in cohorts.items():
-        st = {"modality": modality}
-        patients = [
-            {
-                "key": s.patient_key,
-                "images": s.images.half(),
-                "z": s.z,
-                "window": list(s.window),
-                "raw_bytes": raw.get(s.patient_key, 0),
-            }
-            for s in slices
-        ]
-        folds = []
-        for held in range(len(slices)):
-            site = [s for i, s in enumerate(slices) if i != held]
-            priors = {}
-            for kind in PRIOR_KINDS:
-                for k in ipcs:
-                    p = build_prior(
-                        kind,
-                        site,
-                        k,
-                        modality=st["modality"],
-                        size=site[0].size,
-                        window=site[0].window if st["modality"] == "CT" else (0, 1),
-                    )
-                    priors[f"{kind}:{k}"] = {
-                        "images": p.images,
-                        "z": p.z,
-                        "local_data": p.local_data,
-                    }
-            ref = cross_patient_reference({s.patient_key: s.images for s in site}, metric="ncc")
-            folds.append({"held_out": held, "priors": priors, "nn_ncc_p99_ref": ref})
-        bundle["cohorts"][modality] = {"patients": patients, "folds": folds}
-    path = work / "bundle.pt"
-    torch.save(bundle, path)
-    return path
+    path = work / "refs.json"
+    refs = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{SETTINGS[setting]['modality']}-{fold.index}"
+    if key not in refs:
+        refs[key] = cross_patient_reference({p.key: p.slices.images for p in fold.site})
+        atomic_write_text(path, json.dumps(refs, indent=1))
+    return float(refs[key])
 
 
 # ----------------------------------------------------------------------------- run
-def _slices(entry: dict[str, Any], modality: str) -> Any:
-    from medidd.preprocess.slices import SliceSet
-
-    return [
-        SliceSet(
-            p["images"].float(),
-            p["z"],
-            p["key"],
-            modality,
-            (float(p["window"][0]), float(p["window"][1])),
-        )
-        for p in entry["patients"]
-    ]
-
-
 def _rows(work: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line)
         for f in sorted(work.glob("rows-*.jsonl"))
         for line in f.read_text().splitlines()
+        if line.strip()
     ]
 
 
-def _done(work: Path) -> set[tuple[str, int, str, int]]:
-    return {(r["setting_id"], r["fold"], r["method"], r["ipc"]) for r in _rows(work)}
+def _seconds(work: Path) -> dict[str, float]:
+    path = work / "seconds.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-@dataclass(frozen=True)
-class _Scores:
-    psnr: float
-    ssim: float
+def _record_seconds(work: Path, new: dict[str, float]) -> None:
+    from medidd.atomic import atomic_write_text
+
+    atomic_write_text(work / "seconds.json", json.dumps(_seconds(work) | new, indent=1))
 
 
-def _stored_full(work: Path, setting: str, fold: int) -> _Scores | None:
-    """The full-data reference of a fold when an earlier run stored it (it depends only on the
-    fold: same real slices, seed and held-out LQ), so a restart does not retrain it."""
-    for r in _rows(work):
-        if (r["setting_id"], r["fold"], r["method"]) == (setting, fold, "full"):
-            return _Scores(float(r["psnr"]), float(r["ssim"]))
-    return None
+def distilled_images(
+    work: Path, setting: str, fold: Fold, label: str, ipc: int, device: str
+) -> tuple[torch.Tensor, list[float], Path]:
+    """Distil the fold's site with ``label`` at ``ipc`` through :func:`distill_site` and read
+    the package back; returns its HQ images, the seconds per patient of this label (measured
+    when each patient was distilled) and the package path."""
+    import medidd.distill  # noqa: F401  (registers the methods)
+    from medidd.distill.run import distill_site
+    from medidd.package import read_package
+
+    cfg = method_config(label, setting, ipc, device)
+    out = work / "packages" / setting / f"{label}-ipc{ipc}-fold{fold.index}"
+    tag = f"{setting}/{label}/ipc{ipc}"
+
+    def on_patient(i: int, n: int, key: str) -> None:
+        print(f"    distil {tag} fold {fold.index}: patient {i + 1}/{n}", flush=True)
+
+    res = distill_site(
+        [p.slices for p in fold.site],
+        cfg,
+        out,
+        overwrite=True,
+        on_patient=on_patient,
+        checkpoints=work / "checkpoints" / setting,
+    )
+    _record_seconds(work, {f"{tag}/{k}": v for k, v in res.seconds_per_patient.items()})
+    known = _seconds(work)
+    secs = [known[f"{tag}/{p.key}"] for p in fold.site if f"{tag}/{p.key}" in known]
+    return read_package(out).hq, secs, out
 
 
 def run_fold(
     work: Path,
     setting: str,
-    fold: int,
-    methods: list[str],
+    fold_index: int,
+    labels: list[str],
     ipcs: list[int],
-    steps: int,
-    device: str,
-    threads: int,
+    *,
+    steps: int = 800,
+    device: str = "cpu",
+    samples: Path | None = None,
 ) -> int:
-    """Every (method, ipc) of one fold of one setting; returns the number of rows written."""
-    import medidd.distill  # noqa: F401  (registers the methods)
-    from medidd._atomic import atomic_write_bytes
-    from medidd.degrade.spec import DegradationSpec, build_degradation
-    from medidd.distill.base import DistillContext, method_factory
-    from medidd.distill.run import plan_seed, resolve_device
-    from medidd.prior.base import Prior
+    """Every (label, ipc) of one fold of one setting not yet in the rows; returns the number
+    of rows written. ``full`` (all the site's real slices) is the fold's reference."""
+    from medidd.degrade import DegradationSpec, build_degradation
     from medidd.privacy.memorisation import nearest_real
-    from medidd.train.evaluate import evaluate_enhancer
-    from medidd.train.trainer import TrainConfig, train_enhancer
-
-    torch.set_num_threads(threads)
-    st = SETTINGS[setting]
-    bundle = torch.load(work / "bundle.pt", weights_only=False)
-    entry = bundle["cohorts"][st["modality"]]
-    fold_info = entry["folds"][fold]
-    patients = _slices(entry, st["modality"])
-    held = patients[fold]
-    site = [p for i, p in enumerate(patients) if i != fold]
-    dev = resolve_device(device)
-    window = held.window if st["modality"] == "CT" else (0.0, 1.0)
-    spec = DegradationSpec.model_validate(st["degradation"])
-    degrade = build_degradation(spec, window=window).to(dev)
-    match = degrade
-    if spec.kind == "ct_lowdose":
-        fast = spec.model_copy(update={"image_domain": True})
-        match = build_degradation(fast, window=window).to(dev)
-    with torch.no_grad():
-        test_hq = held.images.to(dev)
-        test_lq = torch.cat(
-            [degrade(test_hq[i : i + 32], 424242 + i) for i in range(0, len(test_hq), 32)]
-        )
-    site_real = torch.cat([p.images for p in site])
-    raw_bytes = sum(
-        int(entry["patients"][i]["raw_bytes"]) for i in range(len(patients)) if i != fold
+    from medidd.train import (
+        TrainConfig,
+        gain_retained,
+        heldout_lq,
+        score_model,
+        stack_images,
+        train_and_score,
     )
-    done = _done(work)
-    out = work / f"rows-{setting}-{fold}.jsonl"
-    tcfg = TrainConfig.model_validate({"steps": steps, "device": str(dev), "seed": fold})
 
-    def train_eval(hq: torch.Tensor) -> tuple[Any, float]:
-        res = train_enhancer(hq, None, tcfg, degrade=degrade)
-        ev = evaluate_enhancer(res.model, test_hq, test_lq, batch_size=32)
-        return ev, res.seconds
-
-    full_ev: Any = _stored_full(work, setting, fold)
-    rows = 0
-    for label in ["full", *[m for m in methods if m != "full"]]:
-        if label == "full" and full_ev is not None:
+    st = SETTINGS[look_up_option(setting, list(SETTINGS), what="benchmark setting")]
+    labels = [look_up_option(x, list(METHODS), what="benchmark method") for x in labels]
+    modality = st["modality"]
+    patients = cohort(samples or Path("data/samples"), work, modality)
+    fold = folds(patients, modality)[fold_index]
+    window = fold.site[0].slices.window if modality == "CT" else (0.0, 1.0)
+    degrade = build_degradation(DegradationSpec.model_validate(st["degradation"]), window)
+    held = stack_images([p.slices for p in fold.held])
+    held_lq = heldout_lq(held, degrade)
+    ood = stack_images([p.slices for p in fold.ood]) if fold.ood else None
+    ood_lq = heldout_lq(ood, degrade) if ood is not None else None
+    site_real = stack_images([p.slices for p in fold.site])
+    ref = reference_line(work, setting, fold)
+    tcfg = TrainConfig.model_validate({"steps": steps, "device": device, "seed": fold_index})
+    rows = _rows(work)
+    done = {(r["setting_id"], r["fold"], r["method"], r["ipc"]) for r in rows
+            if r.get("cohort") == COHORT}
+    full = next((r for r in rows if r.get("cohort") == COHORT and r["setting_id"] == setting
+                 and r["fold"] == fold_index and r["method"] == "full"), None)
+    out = work / f"rows-{setting}-{fold_index}.jsonl"
+    written = 0
+    todo = [("full", 0)] + [(m, k) for m in labels if m != "full" for k in ipcs]
+    for label, ipc in todo:
+        if (setting, fold_index, label, ipc) in done:
             continue
-        name = METHODS[label][0]
-        for ipc in [0] if label == "full" else ipcs:
-            if (setting, fold, label, ipc) in done and label != "full":
-                continue
-            cfg = method_config(label, setting, ipc, str(dev))
-            kind = METHODS[label][1] or cfg.prior.kind
-            method = method_factory(name)(cfg)
-            prior = None
-            if method.needs_prior:
-                pr = fold_info["priors"][f"{kind}:{ipc}"]
-                prior = Prior(pr["images"], pr["z"], kind, pr["local_data"])
-            hqs, secs = [], []
-            for p in site:
-                cache = cache_file(work, setting, label, ipc, p.patient_key, fold)
-                if label == "full":
-                    hqs.append(p.images)
-                    continue
-                if cache.is_file():
-                    c = torch.load(cache, weights_only=True)
-                    hqs.append(c["hq"])
-                    secs.append(float(c["seconds"]))
-                    continue
-                t0 = time.perf_counter()
-                ctx = DistillContext(
-                    ipc=ipc,
-                    degrade=degrade,
-                    seed=plan_seed(0, p.patient_key),
-                    device=dev,
-                    prior=prior,
-                    match_degrade=match,
-                )
-                d = method.distill(p, ctx)
-                s = time.perf_counter() - t0
-                # folds run as parallel workers and share atlas-prior caches: a reader must
-                # never see a half-written file
-                buf = io.BytesIO()
-                torch.save({"hq": d.hq, "seconds": s}, buf)
-                atomic_write_bytes(cache, buf.getvalue())
-                hqs.append(d.hq)
-                secs.append(s)
-            hq = torch.cat(hqs)
-            ev, train_s = train_eval(hq)
-            if label == "full":
-                full_ev = ev
-            assert full_ev is not None
-            nn_max = float(nearest_real(hq, site_real)[0].max())
-            gain = gain_retained(ev.psnr, ev.psnr_lq, full_ev.psnr)
-            row = {
-                "task": st["task"],
-                "setting": st["label"],
-                "setting_id": setting,
-                "method": label,
-                "ipc": ipc,
-                "fold": fold,
-                "held_out": held.patient_key,
-                "psnr": ev.psnr,
-                "ssim": ev.ssim,
-                "psnr_lq": ev.psnr_lq,
-                "ssim_lq": ev.ssim_lq,
-                "psnr_full": full_ev.psnr,
-                "ssim_full": full_ev.ssim,
-                "gain_retained": gain,
-                "max_nn_ncc": nn_max,
-                "nn_ncc_p99_ref": fold_info["nn_ncc_p99_ref"],
-                "distill_s_per_patient": sum(secs) / len(secs) if secs else 0.0,
-                "bytes_ratio": (2 * hq.numel() * 4) / max(raw_bytes, 1),
-                "train_s": train_s,
-                "n_images": int(hq.shape[0]),
-                "steps": steps,
-                "prior": kind if method.needs_prior else None,
-                "machine": _machine(),
-            }
-            if (setting, fold, label, ipc) not in done:
-                with out.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                rows += 1
-    return rows
+        t0 = time.perf_counter()
+        if label == "full":
+            hq, secs, pkg = site_real, [], None
+        else:
+            hq, secs, pkg = distilled_images(work, setting, fold, label, ipc, device)
+        print(f"    train+score {setting}/{label}/ipc{ipc} fold {fold_index} "
+              f"({hq.shape[0]} images)", flush=True)
+        scored = train_and_score(hq, held, tcfg, degrade, test_lq=held_lq)
+        ev = scored.eval
+        ood_ev = score_model(scored.model, ood, degrade, lq=ood_lq) if ood is not None else None
+        if label == "full":
+            full = {"psnr": ev.psnr, "ssim": ev.ssim,
+                    "ood_psnr": ood_ev.psnr if ood_ev else None}
+        assert full is not None
+        nn = nearest_real(hq, site_real)[0]
+        row = {
+            "cohort": COHORT,
+            "code_path": CODE_PATH,
+            "task": st["task"],
+            "setting": st["label"],
+            "setting_id": setting,
+            "method": label,
+            "ipc": ipc,
+            "fold": fold_index,
+            "n_site_patients": len(fold.site),
+            "held_out": [p.key for p in fold.held],
+            "psnr": ev.psnr,
+            "ssim": ev.ssim,
+            "psnr_lq": ev.psnr_lq,
+            "ssim_lq": ev.ssim_lq,
+            "psnr_full": full["psnr"],
+            "ssim_full": full["ssim"],
+            "gain_retained": gain_retained(ev.psnr, ev.psnr_lq, full["psnr"]),
+            "ood_held_out": [p.key for p in fold.ood],
+            "ood_psnr": ood_ev.psnr if ood_ev else None,
+            "ood_psnr_lq": ood_ev.psnr_lq if ood_ev else None,
+            "ood_psnr_full": full.get("ood_psnr"),
+            "max_nn_ncc": float(nn.max()),
+            "n_below_ref": int((nn < ref).sum()),
+            "nn_ncc_p99_ref": ref,
+            "distill_s_per_patient": sum(secs) / len(secs) if secs else 0.0,
+            "bytes_ratio": (2 * hq.numel() * 4) / max(sum(p.raw_bytes for p in fold.site), 1),
+            "train_s": scored.train.seconds,
+            "wall_s": time.perf_counter() - t0,
+            "n_images": int(hq.shape[0]),
+            "steps": steps,
+            "prior": method_config(label, setting, max(ipc, 1)).prior.kind
+            if label != "full" and pkg is not None else None,
+            "machine": _machine(),
+        }
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        written += 1
+        print(f"  {setting} fold {fold_index} {label} ipc {ipc}: {ev.psnr:.2f} dB "
+              f"(LQ {ev.psnr_lq:.2f}, full {full['psnr']:.2f}), "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return written
 
 
 def run(
     work: Path,
-    settings: list[str],
-    methods: list[str],
-    ipcs: list[int],
+    plan: list[tuple[str, list[str], list[int]]],
+    *,
     steps: int,
     device: str,
-    workers: int,
+    samples: Path,
     threads: int | None = None,
 ) -> None:
-    """All folds of all settings, ``workers`` folds at a time (processes) of ``threads`` torch
-    threads each (default: the cores shared out)."""
-    bundle = torch.load(work / "bundle.pt", weights_only=False)
-    jobs = [
-        (s, f)
-        for s in settings
-        for f in range(len(bundle["cohorts"][SETTINGS[s]["modality"]]["folds"]))
-    ]
-    threads = threads or max(1, (os.cpu_count() or 2) // max(workers, 1))
-    if workers <= 1:
-        for s, f in jobs:
-            n = run_fold(work, s, f, methods, ipcs, steps, device, threads)
-            print(f"{s} fold {f}: {n} rows", flush=True)
-        return
-    import multiprocessing as mp
+    """Every fold of every step of ``plan``, in order (restartable: done rows are skipped)."""
+    if threads:
+        torch.set_num_threads(threads)
+    for setting, labels, ipcs in plan:
+        modality = SETTINGS[setting]["modality"]
+        for f in range(N_FOLDS[modality]):
+            n = run_fold(work, setting, f, labels, ipcs, steps=steps, device=device,
+                         samples=samples)
+            print(f"{setting} fold {f}: {n} new rows", flush=True)
 
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = [
-            pool.apply_async(run_fold, (work, s, f, methods, ipcs, steps, device, threads))
-            for s, f in jobs
-        ]
-        for (s, f), r in zip(jobs, results, strict=True):
-            print(f"{s} fold {f}: {r.get()} rows", flush=True)
+
+def plan_from_args(settings: str | None, methods: str | None, ipc: str | None
+                   ) -> list[tuple[str, list[str], list[int]]]:
+    """:data:`PLAN`, or the grid the flags name (did-you-mean on unknown names).
+
+    Example:
+        >>> plan_from_args("ct25", "spg_gm", "2")
+        [('ct25', ['spg_gm'], [2])]
+    """
+    if settings is None and methods is None and ipc is None:
+        return PLAN
+    chosen = [look_up_option(s, list(SETTINGS), what="benchmark setting")
+              for s in (settings or ",".join(SETTINGS)).split(",")]
+    labels = [look_up_option(m, list(METHODS), what="benchmark method")
+              for m in (methods or ",".join(CORE)).split(",")]
+    ipcs = [int(k) for k in (ipc or "2").split(",")]
+    return [(s, labels, ipcs) for s in chosen]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -486,28 +488,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=Path, default=Path("data/samples"))
     ap.add_argument("--work", type=Path, default=Path("out/bench"))
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    ap.add_argument("--settings", default="ct25,ct10,mr_x2")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--ipc", default="1,2,5")
+    ap.add_argument("--settings", default=None, help="comma list (default: the PLAN)")
+    ap.add_argument("--methods", default=None, help="comma list of labels (default: the PLAN)")
+    ap.add_argument("--ipc", default=None, help="comma list (default: the PLAN)")
     ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
     a = ap.parse_args(argv)
-    ipcs = [int(x) for x in a.ipc.split(",")]
+    try:
+        plan = plan_from_args(a.settings, a.methods, a.ipc)
+    except ValueError as exc:
+        ap.error(str(exc))
     if a.stage in ("prepare", "all"):
-        print(f"prepared {prepare(a.samples, a.work, tuple(sorted(set(ipcs) | set(IPCS))))}")
+        for modality in ("CT", "MR"):
+            ps = cohort(a.samples, a.work, modality)
+            print(f"{modality}: {len(ps)} patients ("
+                  + ", ".join(f"{p.name} {p.region}" for p in ps) + ")", flush=True)
     if a.stage in ("run", "all"):
-        run(
-            a.work,
-            a.settings.split(","),
-            a.methods.split(","),
-            ipcs,
-            a.steps,
-            a.device,
-            a.workers,
-            a.threads,
-        )
+        run(a.work, plan, steps=a.steps, device=a.device, samples=a.samples, threads=a.threads)
     if a.stage in ("report", "all"):
         from benchmarks.bench_report import write_report
 

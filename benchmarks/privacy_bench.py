@@ -14,7 +14,7 @@ Protocol:
 4. Each package is audited by :func:`medidd.privacy.audit.run_audit` with the default
    :class:`AuditPolicy` (loss + LiRA attacks on a DnCNN trained on the package, positive
    control, NCC/SSIM memorisation against every real slice of the site).
-5. Utility: a DnCNN trained on the package (``train_enhancer``, LQ re-drawn, ``--steps``),
+5. Utility: a DnCNN trained on the package (``train_and_score``, LQ re-drawn, ``--steps``),
    PSNR on every slice of the held-out patients (and the PSNR of the LQ input).
 
 Run: ``python -m benchmarks.privacy_bench [--samples data/samples] [--work DIR]``. Every
@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
-from medidd._atomic import atomic_write_text
+from medidd.atomic import atomic_write_text
 from medidd.degrade import DegradationSpec, build_degradation, default_spec
 from medidd.preprocess.slices import SliceSet
 from medidd.privacy.policy import AuditPolicy
-from medidd.train import TrainConfig, evaluate_enhancer, train_enhancer
+from medidd.train import TrainConfig, train_and_score
 
 ROOT = Path(__file__).resolve().parents[1]
 SALT = b"medidd-privacy-benchmark-0000000"
@@ -89,12 +89,12 @@ def spec() -> DegradationSpec:
 
 def prepare(samples: Path, work: Path) -> dict[str, SliceSet]:
     """The 4 CT patients as SliceSets by sample name (DICOM tree and tensors cached)."""
-    from medidd.io.sample_data import make_sample_patients
+    from medidd.io.sample_data import COHORT_V1, make_sample_patients
     from medidd.preprocess.cohort import prepare_patients
 
     tree = work / "dicom"
     if not (tree / ".complete").is_file():
-        make_sample_patients(samples, tree, modality="CT", overwrite=True)
+        make_sample_patients(samples, tree, modality="CT", names=COHORT_V1, overwrite=True)
         atomic_write_text(tree / ".complete", "ok\n")
     folders = sorted(p.name for p in tree.iterdir() if p.is_dir())
     if [f.split("-", 2)[-1] for f in folders] != list(PATIENTS):
@@ -186,18 +186,13 @@ def downstream(hq: torch.Tensor, holdout: list[SliceSet], steps: int, seed: int 
                ) -> dict[str, float]:
     """Train a DnCNN on ``hq`` (LQ re-drawn every epoch) and score it on every held-out
     slice: PSNR / SSIM of the output and of the LQ input."""
-    window = holdout[0].window
-    degrade = build_degradation(spec(), window=window)
+    degrade = build_degradation(spec(), window=holdout[0].window)
     cfg = TrainConfig(net={"name": "dncnn", "width": 16, "depth": 5}, steps=steps,
                       batch_size=8, patch_size=48, lr=1e-3, seed=seed, device="cpu")
-    result = train_enhancer(hq.float(), None, cfg, degrade=degrade)
-    real_hq = torch.cat([s.images.float() for s in holdout])
-    with torch.no_grad():
-        real_lq = torch.cat([degrade(real_hq[i : i + 1], 10_000 + i)
-                             for i in range(real_hq.shape[0])])
-    ev = evaluate_enhancer(result.model, real_hq, real_lq)
+    scored = train_and_score(hq, holdout, cfg, degrade)
+    ev = scored.eval
     return {"psnr": ev.psnr, "ssim": ev.ssim, "psnr_lq": ev.psnr_lq, "ssim_lq": ev.ssim_lq,
-            "n_eval_slices": int(real_hq.shape[0]), "train_s": result.seconds}
+            "n_eval_slices": ev.n, "train_s": scored.train.seconds}
 
 
 def _attack(model: dict[str, Any] | None, name: str, key: str) -> float | None:

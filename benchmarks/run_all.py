@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medidd._atomic import atomic_write_text
+from medidd.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"

@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from medidd._atomic import atomic_write_bytes, atomic_write_text
+from medidd.atomic import atomic_write_bytes, atomic_write_text
 from medidd.degrade import DegradationSpec, build_degradation, default_spec
 from medidd.nets.segment import SegmenterConfig, dice_per_class, segment, train_segmenter
-from medidd.train import TrainConfig, enhance, evaluate_enhancer, train_enhancer
+from medidd.train import TrainConfig, enhance, heldout_lq, train_and_score
 from medidd.train.gradprom import aligned_fraction
 from medidd.train.labels import TISSUE_CLASSES, class_fractions, tissue_labels
 
@@ -83,12 +83,12 @@ def _spec() -> DegradationSpec:
 
 def prepare(samples: Path, work: Path) -> list[Any]:
     """The 4 CT patients as SliceSets (cached), in folder order."""
-    from medidd.io.sample_data import make_sample_patients
+    from medidd.io.sample_data import COHORT_V1, make_sample_patients
     from medidd.preprocess.cohort import prepare_patients
 
     tree = work / "dicom"
     if not (tree / ".complete").is_file():
-        make_sample_patients(samples, tree, modality="CT", overwrite=True)
+        make_sample_patients(samples, tree, modality="CT", names=COHORT_V1, overwrite=True)
         atomic_write_text(tree / ".complete", "ok\n")
     prep = prepare_patients(tree, salt=SALT, cache_dir=work / "cache")
     if len(prep.slices) != 4:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     idx = torch.linspace(0, len(held_out) - 1, args.eval_slices).round().long()
     real_hq = held_out.images[idx]
-    real_lq = torch.cat([degrade(real_hq[i : i + 1], 10_000 + i) for i in range(len(idx))])
+    real_lq = heldout_lq(real_hq, degrade)
     truth = tissue_labels(real_hq, window)
     reference = {
         "hq": _dice(segment(seg, real_hq), truth),
@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 step_rule=rule,
                 step_options=options,
             )
-            result = train_enhancer(hq, None, cfg, degrade=degrade)
-            ev = evaluate_enhancer(result.model, real_hq, real_lq)
+            scored = train_and_score(hq, real_hq, cfg, degrade, test_lq=real_lq)
+            result, ev = scored.train, scored.eval
             dice = _dice(segment(seg, enhance(result.model, real_lq)), truth)
             h = result.history
             rows.append({

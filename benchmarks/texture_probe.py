@@ -17,7 +17,8 @@ the held-out patient, to find which property of the synthetic HQ matters:
   (:func:`medidd.prior.fit.fit_to_size`, what ``prior.fit_size`` now does);
 - ``atlas_fit_dose=D``: both.
 
-Run (2 CPU cores: ~3 min per variant; needs the bundle of ``distill_bench prepare``):
+Run (2 CPU cores: ~3 min per variant; the cohort and folds of ``distill_bench``: body CTs,
+patient-level folds, scored with :func:`medidd.train.train_and_score`):
 
     python -m benchmarks.texture_probe --work out/bench/distill --fold 0
 
@@ -36,11 +37,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medidd._atomic import atomic_write_text
-from medidd._options import look_up_option
-from medidd.degrade import DegradationSpec, build_degradation
+from medidd.atomic import atomic_write_text
+from medidd.degrade import DegradationSpec, build_degradation, draw_lq
+from medidd.lookup import look_up_option
 from medidd.prior.fit import fit_to_size, water_equivalent_diameter
-from medidd.train import TrainConfig, evaluate_enhancer, train_enhancer
+from medidd.seeds import derive
+from medidd.train import (
+    TrainConfig,
+    gain_retained,
+    heldout_lq,
+    score_model,
+    stack_images,
+    train_enhancer,
+)
 
 #: dead-leaves HU mixture: (weight, mean HU, std HU) of lung, fat, soft tissue, contrast,
 #: bone, air
@@ -116,19 +125,18 @@ def training_set(variant: str, site: list[Any], atlas: torch.Tensor,
     if name == "full":
         return torch.cat([p.images for p in site]), dose
     if name == "atlas_hq_noise":
-        with torch.no_grad():
-            noisy = [_lowdose(0.5, window)(a, 1000 + i) for i, a in enumerate(per_patient)]
-        return torch.cat(noisy), dose
+        return draw_lq(torch.cat(per_patient), _lowdose(0.5, window), 0, "hq-noise"), dose
     if name == "dead_leaves":
         n = atlas.shape[-1]
-        return torch.stack([dead_leaves(n, 7000 + i, window)
+        return torch.stack([dead_leaves(n, derive(0, "leaves", i), window)
                             for i in range(len(site) * len(atlas))]), dose
     if name == "atlas_leaves":
         lo, hi = window
         images = []
         for i, a in enumerate(torch.cat(per_patient)):
             hu = lo + a[0] * (hi - lo)
-            img = dead_leaves(a.shape[-1], 7000 + i, window, hu, r_max=6.0, count=600)
+            img = dead_leaves(a.shape[-1], derive(0, "leaves", i), window, hu, r_max=6.0,
+                              count=600)
             img[a < 0.02] = 0.0  # keep the air around the body
             images.append(img)
         return torch.stack(images), dose
@@ -144,10 +152,12 @@ def fit_to_size_images(atlas: torch.Tensor, real: torch.Tensor,
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from benchmarks.distill_bench import _slices
+    from benchmarks.distill_bench import cohort, folds
+    from medidd.prior import build_prior
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("out/bench/distill"))
+    ap.add_argument("--samples", type=Path, default=Path("data/samples"))
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=800)
@@ -157,17 +167,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="rewrite the page from the stored texture_probe.json (no training)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    bundle = torch.load(a.work / "bundle.pt", weights_only=False)
-    entry = bundle["cohorts"]["CT"]
-    patients = _slices(entry, "CT")
-    held = patients[a.fold]
-    site = [p for i, p in enumerate(patients) if i != a.fold]
-    window = held.window
-    atlas = entry["folds"][a.fold]["priors"]["atlas:2"]["images"].float()
+    fold = folds(cohort(a.samples, a.work, "CT"), "CT")[a.fold]
+    site = [p.slices for p in fold.site]
+    held = stack_images([p.slices for p in fold.held])
+    window = site[0].window
+    atlas = build_prior("atlas", site, 2, modality="CT", size=site[0].size,
+                        window=window).images.float()
     test = _lowdose(0.25, window)
-    with torch.no_grad():
-        test_lq = torch.cat([test(held.images[i : i + 32], 424242 + i)
-                             for i in range(0, len(held.images), 32)])
+    test_lq = heldout_lq(held, test)
     cfg = TrainConfig.model_validate({"steps": a.steps, "device": "cpu", "seed": a.fold})
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in variants:  # unknown names fail before any training, with a did-you-mean
@@ -187,17 +194,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for variant in variants:
         hq, dose = training_set(variant, site, atlas, window)
         t0 = time.perf_counter()
+        # trained at ``dose``, scored on the test's 25% dose
         res = train_enhancer(hq, None, cfg, degrade=_lowdose(dose, window))
-        ev = evaluate_enhancer(res.model, held.images, test_lq, batch_size=32)
-        rows.append({"variant": variant, "fold": a.fold, "held_out": held.patient_key,
+        ev = score_model(res.model, held, test, lq=test_lq)
+        rows.append({"variant": variant, "fold": a.fold, "cohort": "v2",
+                     "held_out": [p.key for p in fold.held],
                      "train_dose": dose, "n_images": int(hq.shape[0]), "psnr": ev.psnr,
                      "ssim": ev.ssim, "psnr_lq": ev.psnr_lq,
                      "seconds": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)
     full = next((r["psnr"] for r in rows if r["variant"] == "full"), None)
     for r in rows:
-        r["gain_retained"] = ((r["psnr"] - r["psnr_lq"]) / (full - r["psnr_lq"])
-                              if full is not None and full > r["psnr_lq"] else None)
+        g = gain_retained(r["psnr"], r["psnr_lq"], full) if full is not None else math.nan
+        r["gain_retained"] = None if g != g else g
     atomic_write_text(a.out / "texture_probe.json", json.dumps(rows, indent=1) + "\n")
     lines = ["| variant | train dose | images | PSNR (dB) | SSIM | gain kept |",
              "|---|---|---|---|---|---|"]
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                      f"{r['psnr']:.2f} | {r['ssim']:.3f} | {gain} |")
     text = (f"# Texture probe: which property of a synthetic CT set matters\n\n"
             f"`python -m benchmarks.texture_probe --fold {a.fold}` (CPU, DnCNN {a.steps} "
-            f"steps, every slice of held-out patient {held.patient_key}, CT 25% dose, "
+            f"steps, every slice of held-out patients {rows[0]['held_out']}, CT 25% dose, "
             f"LQ PSNR {rows[0]['psnr_lq']:.2f} dB). Variants: see the module docstring.\n\n"
             + "\n".join(lines) + "\n\n" + reading(rows, wed))
     atomic_write_text(a.out / "texture_probe.md", text)

@@ -19,7 +19,7 @@ def _samples_dir() -> Path:
 def real_samples() -> Path:
     """Folder with ct/, mr/, labels/ and dicom_corpus/ of real public images."""
     dest = _samples_dir()
-    if not (dest / ".complete").exists():
+    if not (dest / ".complete-v2").exists():
         script = ROOT.parent / "shared" / "data" / "fetch_real_samples.sh"
         subprocess.run(["bash", str(script), str(dest)], check=True)
     return dest

@@ -7,7 +7,8 @@ differentiable in HQ, seeded (``seed: int | torch.Generator``, never the global 
 * :func:`downsample_upsample` — CT super-resolution by antialiased downsampling.
 * :func:`gaussian_noise`, :func:`rician_noise` — generic denoising.
 * :class:`DegradationSpec` / :func:`build_degradation` / :func:`default_spec` — the config and
-  manifest form, and the ``(hq, seed) -> lq`` module built from it.
+  manifest form, and the ``(hq, seed) -> lq`` module built from it (the one factory).
+* :func:`draw_lq` — the one LQ drawer: per-image seeds, batched, used by every caller.
 
 Example:
     >>> import torch
@@ -18,6 +19,7 @@ Example:
 
 from medidd.degrade._random import PerImageSeeds
 from medidd.degrade.ct_lowdose import ct_lowdose, inserted_variance
+from medidd.degrade.draw import draw_lq
 from medidd.degrade.kspace import kspace_mask, kspace_truncate
 from medidd.degrade.noise import gaussian_noise, rician_noise
 from medidd.degrade.radon import ParallelBeam, fbp, radon
@@ -40,6 +42,7 @@ __all__ = [
     "ct_lowdose",
     "default_spec",
     "downsample_upsample",
+    "draw_lq",
     "fbp",
     "gaussian_noise",
     "inserted_variance",

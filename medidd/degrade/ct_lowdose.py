@@ -74,9 +74,9 @@ import math
 import numpy as np
 import torch
 
-from medidd._options import look_up_option
 from medidd.degrade._random import Seed, check_images, standard_normal
 from medidd.degrade.radon import FILTERS, ParallelBeam, fbp, radon, ramp_filter
+from medidd.lookup import look_up_option
 
 MU_WATER_PER_MM = 0.0192
 DEFAULT_FOV_MM = 400.0

@@ -32,9 +32,9 @@ import math
 
 import torch
 
-from medidd._options import look_up_option
 from medidd.degrade._random import Seed, check_images, standard_normal
 from medidd.degrade.noise import magnitude
+from medidd.lookup import look_up_option
 
 TAPERS = ("none", "hamming", "tukey")
 

@@ -48,7 +48,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 
 logger = logging.getLogger(__name__)
 

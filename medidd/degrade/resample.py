@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medidd._options import look_up_option
 from medidd.degrade._random import Seed, check_images, standard_normal
+from medidd.lookup import look_up_option
 
 DOWN_MODES = ("bicubic", "bilinear", "area")
 

@@ -35,10 +35,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
 from medidd.degrade._random import Seed, make_generator
 from medidd.degrade.ct_lowdose import MU_WATER_PER_MM, ct_lowdose
@@ -46,6 +48,7 @@ from medidd.degrade.kspace import TAPERS, kspace_truncate
 from medidd.degrade.noise import gaussian_noise, rician_noise
 from medidd.degrade.radon import FILTERS
 from medidd.degrade.resample import DOWN_MODES, downsample_upsample
+from medidd.lookup import look_up_option
 
 KINDS = ("ct_lowdose", "kspace_sr", "ct_sr", "gaussian", "rician")
 TASKS = ("denoise", "sr")
@@ -185,16 +188,29 @@ class Degradation(torch.nn.Module):
 
 
 def build_degradation(
-    spec: DegradationSpec, window: tuple[float, float] | None = None
+    spec: DegradationSpec | Mapping[str, Any],
+    window: tuple[float, float] | None = None,
+    *,
+    fast: bool = False,
 ) -> Degradation:
-    """Build the operator for ``spec``; ``window`` (HU) is required for ``ct_lowdose``.
+    """The one factory of degradation operators: ``spec`` (a :class:`DegradationSpec` or its
+    manifest dict) -> the ``(hq, seed) -> lq`` module. ``window`` (HU) is required for
+    ``ct_lowdose``. ``fast=True`` gives the image-domain approximation of projection-domain
+    low dose (what matching uses inside distillation); other kinds have no fast variant and
+    are returned unchanged.
 
     Example:
         >>> import torch
         >>> op = build_degradation(DegradationSpec(kind="ct_sr", scale=2))
         >>> op(torch.rand(3, 1, 32, 32), seed=0).shape
         torch.Size([3, 1, 32, 32])
+        >>> build_degradation({"kind": "ct_lowdose"}, (-1000, 1000), fast=True).spec.image_domain
+        True
     """
+    if not isinstance(spec, DegradationSpec):
+        spec = DegradationSpec.model_validate(dict(spec))
+    if fast and spec.kind == "ct_lowdose" and not spec.image_domain:
+        spec = spec.model_copy(update={"image_domain": True})
     return Degradation(spec, window)
 
 

@@ -17,9 +17,11 @@ from typing import Protocol
 
 import torch
 
-from medidd._options import look_up_option
+from medidd.degrade.draw import draw_lq
+from medidd.lookup import look_up_option
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.base import Prior
+from medidd.seeds import derive
 
 #: ``(hq, seed) -> lq``: a seeded, differentiable degradation of (N, 1, H, W) images.
 Degrade = Callable[[torch.Tensor, int], torch.Tensor]
@@ -102,10 +104,10 @@ def method_factory(name: str) -> MethodFactory:
 def finish(
     hq: torch.Tensor, ctx: DistillContext, info: dict[str, float] | None = None
 ) -> Distilled:
-    """Clamp ``hq`` to [0, 1], detach it, and draw its LQ partner with a seed derived from
-    ``ctx.seed`` (recorded so the aggregator can reproduce or re-draw it)."""
+    """Clamp ``hq`` to [0, 1], detach it, and draw its LQ partners with
+    :func:`~medidd.degrade.draw_lq` under ``lq_seed = derive(ctx.seed, "lq")`` (recorded, so
+    image ``i``'s LQ is reproduced by ``degrade(hq[i], derive(lq_seed, i))``)."""
     hq = hq.detach().clamp(0.0, 1.0).float().cpu()
-    lq_seed = int(ctx.seed) * 1000 + 17
-    with torch.no_grad():
-        lq = ctx.degrade(hq.to(ctx.device), lq_seed).detach().float().cpu()
+    lq_seed = derive(int(ctx.seed), "lq")
+    lq = draw_lq(hq.to(ctx.device), ctx.degrade, lq_seed).float().cpu()
     return Distilled(hq=hq.contiguous(), lq=lq.contiguous(), lq_seed=lq_seed, info=dict(info or {}))

@@ -16,10 +16,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
 from medidd.degrade.spec import DegradationSpec
 from medidd.distill.options import DMOptions, IDCOptions, TripleDOptions
+from medidd.lookup import look_up_option
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.prior import PRIOR_KINDS
 from medidd.privacy.dp import DPConfig

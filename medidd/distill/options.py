@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
 
 INITS = ("noise", "real")
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medidd.degrade.draw import draw_lq
 from medidd.distill.base import DistillContext, Distilled, finish, register_method
 from medidd.distill.config import DistillConfig, SPGConfig
 from medidd.distill.matching import (
@@ -49,6 +50,7 @@ from medidd.distill.matching import (
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.base import Prior
 from medidd.prior.fit import fit_to_size
+from medidd.seeds import derive
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def _dp_source(
     q = min(1.0, m.real_batch / real_img.shape[0])
     steps = m.iterations * m.outer_loop
     sigma = noise_multiplier_for(dp.epsilon, dp.delta, q, steps)
-    g = torch.Generator().manual_seed(seed + 7)
+    g = torch.Generator().manual_seed(derive(seed, "dp"))
     return DPGradientSource(
         real_lq.cpu(),
         real_img.cpu(),
@@ -247,9 +249,9 @@ class SPGMatching:
         noise = torch.randn((ctx.ipc, spg.noise_channels, *p_img.shape[-2:]), generator=gen_rng).to(
             dev
         )
-        bank = LocalFeatureBank(m.lfd_features, m.lfd_kernel, m.lfd_frequencies, ctx.seed + 1).to(
-            dev
-        )
+        bank = LocalFeatureBank(
+            m.lfd_features, m.lfd_kernel, m.lfd_frequencies, derive(ctx.seed, "lfd-bank")
+        ).to(dev)
         opt = torch.optim.Adam(gen.parameters(), lr=m.lr_syn)
         real_img = real.images.to(dev)
         degrade = ctx.matching_degrade
@@ -270,7 +272,7 @@ class SPGMatching:
                     prior.kind,
                 )
             with torch.no_grad():
-                real_lq = degrade(real_img, ctx.seed + 99)
+                real_lq = draw_lq(real_img, degrade, ctx.seed, "dp-real-lq")
             dp_src = _dp_source(real_img, real_lq, self.cfg, ctx.seed)
 
         # the residual lives inside the body: in air (prior ~ 0) the clip would half-rectify
@@ -284,10 +286,10 @@ class SPGMatching:
         step = 0
         first = last = 0.0
         for it in range(m.iterations):
-            net = fresh_matching_net(m.net_width, m.net_depth, ctx.seed * 7919 + it, dev)
+            net = fresh_matching_net(m.net_width, m.net_depth, derive(ctx.seed, "net", it), dev)
             net_opt = torch.optim.SGD(net.parameters(), lr=m.lr_net, momentum=0.5)
             for _ in range(m.outer_loop):
-                step_seed = ctx.seed * 1_000_003 + step
+                step_seed = derive(ctx.seed, "step", step)
                 syn = synth()
                 pick = torch.randint(0, len(real), (m.real_batch,), generator=gen_rng)
                 r_hq = real_img[pick.to(dev)]
@@ -295,7 +297,7 @@ class SPGMatching:
                 r_hq_p, r_lq_p = random_patches([r_hq, r_lq], m.real_batch, m.patch_size, gen_rng)
                 loss = syn.new_zeros(())
                 if use_gm:
-                    s_lq = degrade(syn, step_seed + 1)
+                    s_lq = degrade(syn, derive(step_seed, "syn-lq"))
                     s_hq_p, s_lq_p = random_patches(
                         [syn, s_lq], m.syn_patches, m.patch_size, gen_rng
                     )
@@ -324,7 +326,7 @@ class SPGMatching:
                 if m.inner_steps and use_gm:
                     with torch.no_grad():
                         s_det = synth()
-                        s_lq_det = degrade(s_det, step_seed + 2)
+                        s_lq_det = degrade(s_det, derive(step_seed, "inner-lq"))
                     for _ in range(m.inner_steps):
                         hq_p, lq_p = random_patches(
                             [s_det, s_lq_det], m.syn_patches, m.patch_size, gen_rng

@@ -21,24 +21,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from medidd.degrade.draw import Degrade
 from medidd.federation.node import NodeSettings
 from medidd.nets import NetConfig
 from medidd.package import Manifest
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.preprocess.slices import SliceSet
-from medidd.train import TrainConfig, derive_seed, evaluate_enhancer
+from medidd.train import TrainConfig, score_model, train_enhancer
 
 logger = logging.getLogger(__name__)
 
-Degrade = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -111,27 +109,14 @@ def stack_slices(sets: Sequence[SliceSet], max_slices: int | None = None) -> tor
     return images
 
 
-def draw_lq(hq: torch.Tensor, degrade: Degrade, seed: int) -> torch.Tensor:
-    """LQ partners of ``hq`` (same shape), image ``i`` drawn with ``derive_seed(seed, i)``;
-    an LQ grid smaller than HQ (super-resolution) is resampled onto the HQ grid (bicubic)."""
-    out = []
-    with torch.no_grad():
-        for i in range(hq.shape[0]):
-            lq = degrade(hq[i : i + 1], derive_seed(seed, i))
-            if lq.shape[-2:] != hq.shape[-2:]:
-                lq = F.interpolate(lq, size=hq.shape[-2:], mode="bicubic", align_corners=False)
-            out.append(lq)
-    return torch.cat(out)
-
-
 def score_state(net: NetConfig, state: Mapping[str, torch.Tensor], hq: torch.Tensor,
                 degrade: Degrade, *, seed: int, batch_size: int = 8) -> dict[str, float]:
     """Aggregate PSNR/SSIM of the net ``net`` with weights ``state`` on ``hq`` (and of the LQ
-    input): ``{"psnr", "ssim", "psnr_lq", "ssim_lq", "n_slices"}``; nothing per slice."""
+    input), LQ drawn by :func:`medidd.train.heldout_lq` with ``seed`` (the measurement path of
+    the benchmarks): ``{"psnr", "ssim", "psnr_lq", "ssim_lq", "n_slices"}``; nothing per slice."""
     model = net.build()
     model.load_state_dict(dict(state))
-    lq = draw_lq(hq, degrade, seed)
-    res = evaluate_enhancer(model, hq, lq, batch_size=batch_size)
+    res = score_model(model, hq, degrade, eval_seed=seed, batch_size=batch_size)
     return {"psnr": res.psnr, "ssim": res.ssim, "psnr_lq": res.psnr_lq, "ssim_lq": res.ssim_lq,
             "n_slices": float(res.n)}
 
@@ -141,29 +126,7 @@ def train_local(cfg: TrainConfig, state: Mapping[str, torch.Tensor], hq: torch.T
     """FedAvg local update: start from the global ``state``, ``steps`` steps (constant lr) on
     the node's raw ``hq`` slices with LQ re-drawn by ``degrade``; returns (new state, number
     of slices). Seeded and deterministic like :func:`~medidd.train.train_enhancer`."""
-    from medidd.train.device import resolve_device, scoped_determinism
-    from medidd.train.step import build_step_rule
-    from medidd.train.trainer import _train
-
     local = cfg.model_copy(update={"steps": steps, "seed": seed, "schedule": "constant"})
-    device = resolve_device(local.device)
-    rule = build_step_rule(local.step_rule, **local.step_options)
-    with torch.random.fork_rng(devices=[]), scoped_determinism(local.deterministic):
-        torch.manual_seed(seed)
-        model = local.net.build()
-        model.load_state_dict(dict(state))
-        result = _train(model.to(device), hq, None, local, device, rule, degrade, None)
+    result = train_enhancer(hq, None, local, degrade=degrade, init_state=state)
     new = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return new, int(hq.shape[0])
-
-
-def degradation_fn(spec: Mapping[str, Any], window: tuple[float, float]) -> Degrade:
-    """The task's seeded degradation ``(hq, seed) -> lq`` from its spec (medidd.degrade)."""
-    from medidd.degrade import DegradationSpec, build_degradation
-
-    op = build_degradation(DegradationSpec.model_validate(dict(spec)), window)
-
-    def degrade(hq: torch.Tensor, seed: int) -> torch.Tensor:
-        return op(hq, seed)
-
-    return degrade

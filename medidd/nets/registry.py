@@ -23,8 +23,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
 from medidd.nets.dncnn import DnCNN
 from medidd.nets.edsr import EDSR
 from medidd.nets.redcnn import RedCNN

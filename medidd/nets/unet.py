@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet as MonaiUNet
 from torch import nn
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 
 NORMS = ("instance", "batch", "none")
 

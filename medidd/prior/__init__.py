@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.atlas import atlas_prior
 from medidd.prior.base import Prior

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 from medidd.prior.base import Prior
 from medidd.prior.zmatch import prior_positions
 

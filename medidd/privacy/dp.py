@@ -39,9 +39,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from medidd._optional import optional_import
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
+from medidd.optional import optional_import
 
 logger = logging.getLogger(__name__)
 

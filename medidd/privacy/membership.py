@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medidd.degrade import DegradationSpec, build_degradation
+from medidd.degrade import DegradationSpec, build_degradation, draw_lq
 from medidd.preprocess.slices import SliceSet
 from medidd.privacy.mia.losses import per_image_losses
 from medidd.privacy.mia.scores import (
@@ -53,45 +52,13 @@ from medidd.privacy.mia.scores import (
     lira_scores,
     loss_threshold_scores,
 )
-from medidd.train import TrainConfig, derive_seed, train_enhancer
+from medidd.seeds import derive
+from medidd.train import TrainConfig, evaluate_enhancer, train_enhancer
 
 logger = logging.getLogger(__name__)
 
 Degrade = Callable[[torch.Tensor, int], torch.Tensor]
 Progress = Callable[[str, int, int], None]
-
-
-def audit_degradation(spec: DegradationSpec | Mapping[str, Any], window: tuple[float, float],
-                      fast: bool = True) -> Degrade:
-    """The seeded ``(hq, seed) -> lq`` operator of a package's degradation spec; with ``fast``
-    the image-domain approximation of CT low dose (about 100x cheaper, same noise level).
-
-    Example:
-        >>> import torch
-        >>> op = audit_degradation({"kind": "gaussian", "noise_sigma": 0.1}, (0.0, 1.0))
-        >>> op(torch.zeros(1, 1, 8, 8), 0).shape
-        torch.Size([1, 1, 8, 8])
-    """
-    spec = DegradationSpec.model_validate(
-        spec.model_dump() if isinstance(spec, DegradationSpec) else dict(spec))
-    if fast and spec.kind == "ct_lowdose" and not spec.image_domain:
-        spec = spec.model_copy(update={"image_domain": True})
-    op = build_degradation(spec, tuple(window))  # type: ignore[arg-type]
-
-    def degrade(hq: torch.Tensor, seed: int) -> torch.Tensor:
-        with torch.no_grad():
-            lq = op(hq, seed)
-        if lq.shape[-2:] != hq.shape[-2:]:
-            lq = torch.nn.functional.interpolate(lq, size=hq.shape[-2:], mode="bicubic",
-                                                 align_corners=False)
-        return lq
-
-    return degrade
-
-
-def key_seed(key: str) -> int:
-    """A stable 31-bit integer for a pseudonymous patient key (seeds its LQ draws)."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) >> 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +81,13 @@ class EvalSet:
         return torch.tensor([i for i, k in enumerate(self.keys) if k in keys], dtype=torch.long)
 
 
-def _even(n: int, limit: int | None) -> torch.Tensor:
+def even_indices(n: int, limit: int | None) -> torch.Tensor:
+    """``limit`` evenly spaced indices of ``range(n)`` (all of them when ``n <= limit``).
+
+    Example:
+        >>> even_indices(5, 3).tolist(), even_indices(2, None).tolist()
+        ([0, 2, 4], [0, 1])
+    """
     if limit is None or n <= limit:
         return torch.arange(n)
     return torch.linspace(0, n - 1, limit).round().long()
@@ -123,14 +96,15 @@ def _even(n: int, limit: int | None) -> torch.Tensor:
 def eval_set(sets: Sequence[SliceSet], *, seed: int, limit: int | None, degrade: Degrade
              ) -> EvalSet:
     """Evenly thinned slices of every patient (at most ``limit`` each) with one LQ draw each,
-    seeded by ``(seed, patient key, slice index)``: the same slice always gets the same LQ."""
+    drawn by :func:`~medidd.degrade.draw_lq` with ``derive(seed, patient key, slice index)``:
+    the same slice always gets the same LQ."""
     hq, lq, keys = [], [], []
     for s in sets:
-        idx = _even(len(s), limit)
+        idx = even_indices(len(s), limit)
         for i in idx.tolist():
             x = s.images[i : i + 1].float()
             hq.append(x)
-            lq.append(degrade(x, derive_seed(seed, key_seed(s.patient_key), i)))
+            lq.append(draw_lq(x, degrade, seed, s.patient_key, start=i))
             keys.append(s.patient_key)
     if not hq:
         raise ValueError("no slices to score")
@@ -199,10 +173,6 @@ class ModelAttacks:
                 "nonmember_psnr_lq": self.nonmember_psnr_lq}
 
 
-def _psnr(mse: np.ndarray) -> float:
-    return float(np.mean(10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))))
-
-
 def attack_model(
     target: nn.Module,
     members: EvalSet,
@@ -223,10 +193,10 @@ def attack_model(
     Without it every reference is OUT for every non-member (held-out *patients*)."""
     owner = holdout_of or {}
     t_mem, t_non = losses(target, members), losses(target, nonmembers)
+    # the utility line: the one measurement path (clipped output, per-slice PSNR, mean)
+    utility = evaluate_enhancer(target, nonmembers.hq, nonmembers.lq, batch_size=32)
     out = ModelAttacks(member_mse=float(t_mem.mean()), nonmember_mse=float(t_non.mean()),
-                       nonmember_psnr=_psnr(t_non),
-                       nonmember_psnr_lq=_psnr(((nonmembers.lq - nonmembers.hq) ** 2)
-                                               .flatten(1).mean(1).double().numpy()))
+                       nonmember_psnr=utility.psnr, nonmember_psnr_lq=utility.psnr_lq)
 
     def summarise(pos: np.ndarray, neg: np.ndarray) -> AttackOutcome:
         # patient-level (cluster) bootstrap: slices of one patient are not independent
@@ -292,15 +262,15 @@ def audit_membership(
         package_patients: ``(key, start, stop)`` of every package patient.
         members: the site's real slices of package patients.
         nonmembers: real slices of held-out patients.
-        degrade: the package's degradation (:func:`audit_degradation`).
+        degrade: the package's degradation (``build_degradation(spec, window, fast=True)``).
         policy: an :class:`~medidd.privacy.policy.AuditPolicy`.
         progress: ``(stage, done, total)`` after every trained model.
         holdout_of: non-member key -> the member patient it was taken from, for held-out
             slices of distilled patients (see :func:`attack_model`).
     """
     if not nonmembers:
-        return MembershipResult("not_run", "no held-out patients: pass --holdout, or keep some "
-                                "of the site's patients out of the package")
+        return MembershipResult("not_run", "no held-out patients: give a held-out patients "
+                                "folder, or keep some of the site's patients out of the package")
     seed = policy.seed
     mem = eval_set(members, seed=seed, limit=policy.max_eval_slices_per_patient, degrade=degrade)
     non = eval_set(nonmembers, seed=seed, limit=policy.max_eval_slices_per_patient,
@@ -322,21 +292,21 @@ def audit_membership(
     def package_images(keys: set[str]) -> torch.Tensor:
         return torch.cat([package_hq[a:b] for k, a, b in package_patients if k in keys])
 
-    target = train_model(package_hq, policy.target, degrade, derive_seed(seed, 1))
+    target = train_model(package_hq, policy.target, degrade, derive(seed, 1))
     done += 1
     _report(progress, "package model", done, total)
     refs: list[tuple[nn.Module, set[str]]] = []
     if lira_target:
-        for r, keys in enumerate(complementary_halves(pkg_keys, n_refs, derive_seed(seed, 2))):
+        for r, keys in enumerate(complementary_halves(pkg_keys, n_refs, derive(seed, 2))):
             refs.append((train_model(package_images(keys), policy.target, degrade,
-                                     derive_seed(seed, 3, r)), keys))
+                                     derive(seed, 3, r)), keys))
             done += 1
             _report(progress, "package references", done, total)
     result.target = attack_model(target, mem, non, refs, n_boot=policy.n_boot,
                                  alpha=policy.alpha, seed=seed, holdout_of=holdout_of)
 
     # positive control: the members' raw slices
-    idx = torch.cat([mem.of({k})[_even(len(mem.of({k})), policy.control_slices_per_patient)]
+    idx = torch.cat([mem.of({k})[even_indices(len(mem.of({k})), policy.control_slices_per_patient)]
                      for k in mem.patients])
     ctl = mem.subset(idx)
 
@@ -344,14 +314,14 @@ def audit_membership(
         part = ctl.subset(ctl.of(keys))
         return train_model(part.hq, policy.control, degrade, s, lq=part.lq)
 
-    control = control_model(set(ctl.patients), derive_seed(seed, 4))
+    control = control_model(set(ctl.patients), derive(seed, 4))
     done += 1
     _report(progress, "control model", done, total)
     crefs: list[tuple[nn.Module, set[str]]] = []
     if lira_control:
-        halves = complementary_halves(ctl.patients, n_refs, derive_seed(seed, 5))
+        halves = complementary_halves(ctl.patients, n_refs, derive(seed, 5))
         for r, keys in enumerate(halves):
-            crefs.append((control_model(keys, derive_seed(seed, 6, r)), keys))
+            crefs.append((control_model(keys, derive(seed, 6, r)), keys))
             done += 1
             _report(progress, "control references", done, total)
     result.control = attack_model(control, ctl, non, crefs, n_boot=policy.n_boot,
@@ -386,7 +356,7 @@ def attack_metrics(
         window: native intensity window (CT HU); default: the first member's.
         n_boot: bootstrap replicates of the AUC interval.
         max_slices_per_patient: evenly thinned slices per patient.
-        fast_degradation: image-domain CT low dose (see :func:`audit_degradation`).
+        fast_degradation: image-domain CT low dose (``build_degradation(..., fast=True)``).
 
     Returns:
         ``{"auc", "auc_low", "auc_high", "tpr_at_1fpr", "tpr_at_0_1fpr", "fpr_floor",
@@ -405,7 +375,8 @@ def attack_metrics(
     """
     if not members or not nonmembers:
         raise ValueError("attack_metrics needs at least one member and one non-member patient")
-    degrade = audit_degradation(degradation, window or members[0].window, fast_degradation)
+    degrade = build_degradation(degradation, window or members[0].window,
+                                fast=fast_degradation)
     mem = eval_set(members, seed=seed, limit=max_slices_per_patient, degrade=degrade)
     non = eval_set(nonmembers, seed=seed, limit=max_slices_per_patient, degrade=degrade)
     res = attack_model(model, mem, non, [], n_boot=n_boot, alpha=0.05, seed=seed)

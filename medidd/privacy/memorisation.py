@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _check_stack(x: torch.Tensor, what: str) -> torch.Tensor:
     return x.float()
 
 
-def _normalise_rows(x: torch.Tensor) -> torch.Tensor:
+def normalise_rows(x: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> (N, D) zero-mean, unit-norm rows; constant rows become zero vectors.
 
     A row counts as constant when its spread is below 1e-5 of its magnitude (float32 rounding
@@ -72,7 +72,7 @@ def ncc(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     if a.shape != b.shape:
         raise ValueError(f"ncc needs images of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
-    rows = _normalise_rows(torch.stack([a.reshape(-1), b.reshape(-1)]))
+    rows = normalise_rows(torch.stack([a.reshape(-1), b.reshape(-1)]))
     return float((rows[0] @ rows[1]).clamp(-1.0, 1.0))
 
 
@@ -210,11 +210,11 @@ def nearest_real(
     s = max_shift
     for dy, dx in _shifts(s):
         d = _crop(distilled, s, dy, dx)
-        d_rows = _normalise_rows(d) if metric == "ncc" else d
+        d_rows = normalise_rows(d) if metric == "ncc" else d
         for start in range(0, real.shape[0], chunk):
             r = _crop(real[start : start + chunk], s, 0, 0).to(distilled.device)
             if metric == "ncc":
-                sim = (d_rows @ _normalise_rows(r).T).clamp(-1.0, 1.0)
+                sim = (d_rows @ normalise_rows(r).T).clamp(-1.0, 1.0)
             else:
                 stats = _ssim_stats(r)
                 sim = torch.stack([_ssim_rows(x[None], r, stats, 1.0) for x in d_rows])

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
 from medidd.nets import NetConfig
 from medidd.train import TrainConfig
 

@@ -12,24 +12,37 @@ Example:
 from medidd.train.evaluate import EvalResult, enhance, evaluate_enhancer
 from medidd.train.losses import LOSSES, build_loss
 from medidd.train.metrics import psnr, ssim
+from medidd.train.score import (
+    Scored,
+    gain_retained,
+    heldout_lq,
+    score_model,
+    stack_images,
+    train_and_score,
+)
 from medidd.train.step import STEP_RULES, StepOutput, StepRule, build_step_rule
-from medidd.train.trainer import TrainConfig, TrainResult, derive_seed, train_enhancer
+from medidd.train.trainer import TrainConfig, TrainResult, train_enhancer
 
 __all__ = [
     "LOSSES",
     "STEP_RULES",
     "EvalResult",
+    "Scored",
     "StepOutput",
     "StepRule",
     "TrainConfig",
     "TrainResult",
     "build_loss",
     "build_step_rule",
-    "derive_seed",
     "enhance",
     "evaluate_enhancer",
+    "gain_retained",
+    "heldout_lq",
     "psnr",
+    "score_model",
     "ssim",
+    "stack_images",
+    "train_and_score",
     "train_enhancer",
 ]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -26,6 +26,11 @@ def resolve_device(name: str | torch.device) -> torch.device:
     """
     if isinstance(name, torch.device):
         return name
+    if name.startswith("cuda:") and name[5:].isdigit():
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device '{name}' was asked for but no CUDA GPU is visible; "
+                               "use 'auto'")
+        return torch.device(name)
     key = look_up_option(name, DEVICES, what="device")
     if key == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from medidd.nets.segment import SegmenterConfig, segmentation_loss
+from medidd.seeds import derive
 from medidd.train.labels import (
     DEFAULT_WINDOW,
     HU_THRESHOLDS,
@@ -245,7 +246,7 @@ class TaskDrivenRule(StepRule):
             seg = copy.deepcopy(self.segmenter)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
+                torch.manual_seed(derive(seed, "segmenter"))
                 seg = self.aux_cfg.build()
         self.seg = seg.to(device)
         self._pretrain_left = self.pretrain_steps

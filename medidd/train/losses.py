@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 
 LOSSES = ("l1", "l2", "l1+ssim")
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medidd._options import look_up_option
+from medidd.lookup import look_up_option
 from medidd.train.losses import LossFn
 
 

@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
-from medidd.degrade import Degradation, PerImageSeeds
+from medidd.degrade.draw import Degrade, draw_lq
+from medidd.lookup import look_up_option
 from medidd.nets import NetConfig
 from medidd.train.device import DEVICES, resolve_device, scoped_determinism
 from medidd.train.losses import LOSSES, build_loss
@@ -43,9 +42,6 @@ from medidd.train.step import STEP_RULES, StepRule, build_step_rule
 
 logger = logging.getLogger(__name__)
 
-Degrade = Callable[[torch.Tensor, int], torch.Tensor]
-#: images degraded per call when LQ is re-drawn (bounds the memory of one Radon transform)
-_LQ_CHUNK = 32
 Progress = Callable[[int, float], None]
 
 SCHEDULES = ("cosine", "constant")
@@ -108,16 +104,6 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (stable across runs and platforms).
-
-    Example:
-        >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
-        True
-    """
-    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(1)[0] >> 1)
-
-
 def _check_inputs(hq: torch.Tensor, lq: torch.Tensor | None, degrade: Degrade | None) -> None:
     problems = []
     if hq.ndim != 4 or hq.shape[0] == 0:
@@ -128,34 +114,6 @@ def _check_inputs(hq: torch.Tensor, lq: torch.Tensor | None, degrade: Degrade | 
         problems.append(f"lq shape {tuple(lq.shape)} differs from hq shape {tuple(hq.shape)}")
     if problems:
         raise ValueError("train_enhancer: " + "; ".join(problems))
-
-
-def _draw_lq(hq: torch.Tensor, degrade: Degrade, seed: int, draw: int) -> torch.Tensor:
-    """Degrade every image with its own seed ``derive_seed(seed, draw, i)``, so the LQ of an
-    image depends only on (seed, draw, index), never on batch layout. A MediDD
-    :class:`~medidd.degrade.Degradation` takes the whole batch at once (per-image seeds: one
-    Radon transform for all, ~4x faster on a CPU); any other callable is called image by image.
-    """
-    n = hq.shape[0]
-    seeds = [derive_seed(seed, draw, i) for i in range(n)]
-    with torch.no_grad():
-        if isinstance(degrade, Degradation):
-            out = torch.cat(
-                [
-                    degrade(hq[a : a + _LQ_CHUNK], PerImageSeeds(seeds[a : a + _LQ_CHUNK]))
-                    for a in range(0, n, _LQ_CHUNK)
-                ]
-            )
-        else:
-            out = torch.cat([degrade(hq[i : i + 1], seeds[i]) for i in range(n)])
-    if out.shape != hq.shape:
-        raise ValueError(
-            f"degrade returned shape {tuple(out.shape)} for inputs of shape {tuple(hq.shape)}; "
-            "it must return the same shape"
-        )
-    if not torch.isfinite(out).all():
-        raise ValueError(f"degrade produced non-finite values (draw {draw}); check its spec")
-    return out
 
 
 def _scheduler(
@@ -184,8 +142,10 @@ def train_enhancer(
         hq: (N, C, H, W) float32 high-quality images in [0, 1] (C = 1 for CT/MR).
         lq: (N, C, H, W) fixed low-quality partners, or None when ``degrade`` is given.
         cfg: the training configuration.
-        degrade: ``degrade(hq, seed) -> lq`` (same shape), called per image; its LQ set is
-            drawn once, or once per epoch (``ceil(N / batch_size)`` steps) if ``cfg.redraw_lq``.
+        degrade: ``degrade(hq, seed) -> lq`` (same shape); the LQ set is drawn by
+            :func:`~medidd.degrade.draw_lq` (image ``i`` of epoch ``e`` from
+            ``derive(cfg.seed, "train", e, i)``) once, or once per epoch (``ceil(N /
+            batch_size)`` steps) if ``cfg.redraw_lq``.
         progress: called after every step with (steps done, that step's loss).
         step_rule: a ready :class:`StepRule`, overriding ``cfg.step_rule``/``step_options``.
         init_state: a ``state_dict`` of ``cfg.net`` to start from (fine-tuning, FedAvg rounds)
@@ -244,7 +204,7 @@ def _train(
     if lq is not None:
         lq_now = lq.to(device=device, dtype=torch.float32)
     elif degrade is not None:
-        lq_now = _draw_lq(hq, degrade, cfg.seed, draw=0)
+        lq_now = draw_lq(hq, degrade, cfg.seed, "train", 0)
     else:
         raise ValueError("train_enhancer needs lq or degrade")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -261,7 +221,7 @@ def _train(
     log_every = max(1, cfg.steps // 10)
     for step in range(cfg.steps):
         if degrade is not None and cfg.redraw_lq and step > 0 and step % steps_per_epoch == 0:
-            lq_now = _draw_lq(hq, degrade, cfg.seed, draw=step // steps_per_epoch)
+            lq_now = draw_lq(hq, degrade, cfg.seed, "train", step // steps_per_epoch)
         idx, ys, xs = sampler.next()
         batch_hq = crop(hq, idx, ys, xs, cfg.patch_size)
         batch_lq = crop(lq_now, idx, ys, xs, cfg.patch_size)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medidd.io.sample_data import make_sample_patients
+from medidd.io.sample_data import COHORT_V1, make_sample_patients
 from medidd.preprocess.cohort import prepare_patients
 from medidd.preprocess.pipeline import PreprocessConfig, preprocess_volume
 from tests.helpers_real import real_volume
@@ -60,7 +60,7 @@ def test_bad_window_is_rejected() -> None:
 
 
 def test_prepare_patients_uses_the_cache_on_rerun(real_samples: Path, tmp_path: Path) -> None:
-    make_sample_patients(real_samples, tmp_path / "dicom", modality="MR")
+    make_sample_patients(real_samples, tmp_path / "dicom", modality="MR", names=COHORT_V1)
     cache = tmp_path / "cache"
     t0 = time.perf_counter()
     first = prepare_patients(

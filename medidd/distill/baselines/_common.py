@@ -4,30 +4,25 @@ Every random draw of a baseline comes from a ``torch.Generator`` seeded from ``c
 fixed tag per purpose), so a method is deterministic in its seed and never touches the global RNG.
 
 Example:
-    >>> sub_seed(0, "init") == sub_seed(0, "init"), sub_seed(0, "init") == sub_seed(1, "init")
-    (True, False)
+    >>> g = generator(0, "init")
+    >>> bool(torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=generator(0, "init"))))
+    True
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import torch
 
 from medidd.distill.base import DistillContext
 from medidd.preprocess.slices import SliceSet
-
-
-def sub_seed(seed: int, *tags: object) -> int:
-    """A 62-bit seed derived from ``seed`` and ``tags`` (stable across runs and platforms)."""
-    text = ":".join([str(int(seed)), *(str(t) for t in tags)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
+from medidd.seeds import derive
 
 
 def generator(seed: int, *tags: object) -> torch.Generator:
-    """A CPU generator seeded with :func:`sub_seed`."""
-    return torch.Generator().manual_seed(sub_seed(seed, *tags))
+    """A CPU generator seeded with :func:`medidd.seeds.derive`."""
+    return torch.Generator().manual_seed(derive(seed, *tags))
 
 
 def check_budget(real: SliceSet, ipc: int, method: str) -> None:
@@ -107,5 +102,5 @@ def probe_loss(loss_at: Callable[[int], torch.Tensor], seed: int, n: int = 4) ->
     """Mean of ``loss_at(probe_seed)`` over ``n`` fixed probe seeds derived from ``seed``: the
     same nets and patches at every call, so values before and after optimisation compare."""
     with torch.no_grad():
-        vals = [float(loss_at(sub_seed(seed, "probe", j))) for j in range(n)]
+        vals = [float(loss_at(derive(seed, "probe", j))) for j in range(n)]
     return sum(vals) / n

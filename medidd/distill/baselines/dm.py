@@ -32,12 +32,12 @@ from medidd.distill.baselines._common import (
     probe_loss,
     real_images,
     report,
-    sub_seed,
 )
 from medidd.distill.config import DistillConfig
 from medidd.distill.matching import random_patches
 from medidd.distill.options import DMOptions
 from medidd.preprocess.slices import SliceSet
+from medidd.seeds import derive
 
 
 @register_method("dm")
@@ -57,15 +57,15 @@ class DistributionMatching:
     ) -> torch.Tensor:
         o, size = self.opt, self.cfg.matching.patch_size
         g = generator(seed, "dm")
-        net = RandomConvNet(o.width, o.depth, pool=True, seed=sub_seed(seed, "net") % 2**31)
+        net = RandomConvNet(o.width, o.depth, pool=True, seed=derive(seed, "net"))
         net = net.to(syn.device)
         pick = torch.randint(0, len(real), (o.real_patches,), generator=g).to(real.device)
         real_hq = real[pick]
         stacks_real, stacks_syn = [real_hq], [syn]
         if o.match_lq:
             with torch.no_grad():
-                stacks_real.append(ctx.matching_degrade(real_hq, sub_seed(seed, "real-lq") % 2**31))
-            stacks_syn.append(ctx.matching_degrade(syn, sub_seed(seed, "syn-lq") % 2**31))
+                stacks_real.append(ctx.matching_degrade(real_hq, derive(seed, "real-lq")))
+            stacks_syn.append(ctx.matching_degrade(syn, derive(seed, "syn-lq")))
         crops_real = random_patches(stacks_real, o.real_patches, size, g)
         crops_syn = random_patches(stacks_syn, o.syn_patches, size, g)
         loss = syn.new_zeros(())
@@ -89,7 +89,7 @@ class DistributionMatching:
         probe_start = probe_loss(lambda s: self._loss(images, syn.detach(), ctx, s), ctx.seed)
         last = float("nan")
         for step in range(self.opt.steps):
-            loss = self._loss(images, syn, ctx, sub_seed(ctx.seed, "dm-step", step))
+            loss = self._loss(images, syn, ctx, derive(ctx.seed, "dm-step", step))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

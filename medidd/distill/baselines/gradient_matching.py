@@ -47,7 +47,6 @@ from medidd.distill.baselines._common import (
     pick_real,
     real_images,
     report,
-    sub_seed,
 )
 from medidd.distill.config import DistillConfig, MatchingConfig
 from medidd.distill.matching import (
@@ -60,6 +59,7 @@ from medidd.distill.matching import (
     random_patches,
 )
 from medidd.preprocess.slices import SliceSet
+from medidd.seeds import derive
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class _Matcher:
         self.bank: LocalFeatureBank | None = None
         self._probe_pools: list[tuple[int, tuple[torch.Tensor, torch.Tensor]]] = []
         if "lfd" in objective:
-            seed = sub_seed(ctx.seed, "lfd-bank") % (2**31)
+            seed = derive(ctx.seed, "lfd-bank")
             bank = LocalFeatureBank(m.lfd_features, m.lfd_kernel, m.lfd_frequencies, seed)
             self.bank = bank.to(ctx.device)
 
@@ -119,7 +119,7 @@ class _Matcher:
         n = min(self.m.real_batch, len(self.real))
         hq = self.real[torch.randperm(len(self.real), generator=g)[:n].to(self.real.device)]
         with torch.no_grad():
-            lq = self.ctx.matching_degrade(hq, sub_seed(seed, "pool-lq") % (2**31))
+            lq = self.ctx.matching_degrade(hq, derive(seed, "pool-lq"))
         return lq, hq
 
     def loss(
@@ -136,7 +136,7 @@ class _Matcher:
         real_lq, real_hq = random_patches(list(pool), m.real_batch, m.patch_size, g)
         use_gm = "gm" in self.objective.split("+")
         syn_lq_full = (
-            self.ctx.matching_degrade(syn, sub_seed(seed, "syn-lq") % (2**31)) if use_gm else syn
+            self.ctx.matching_degrade(syn, derive(seed, "syn-lq")) if use_gm else syn
         )
         syn_lq, syn_hq = random_patches([syn_lq_full, syn], m.syn_patches, m.patch_size, g)
         total = syn.new_zeros(())
@@ -152,7 +152,7 @@ class _Matcher:
     def probe(self, syn: torch.Tensor) -> float:
         """The loss of ``syn`` on a fixed probe (same nets, patches and seeds every call)."""
         if not self._probe_pools:
-            seeds = [sub_seed(self.ctx.seed, "probe", j) for j in range(PROBE_NETS)]
+            seeds = [derive(self.ctx.seed, "probe", j) for j in range(PROBE_NETS)]
             self._probe_pools = [(s, self.real_pool(s)) for s in seeds]
         total = 0.0
         for seed, pool in self._probe_pools:
@@ -178,12 +178,12 @@ def match_pixels(
     total_steps = m.iterations * m.outer_loop
     step, last = 0, float("nan")
     for it in range(m.iterations):
-        net_seed = sub_seed(ctx.seed, "net", it) % (2**31)
+        net_seed = derive(ctx.seed, "net", it)
         net = fresh_matching_net(m.net_width, m.net_depth, net_seed, ctx.device)
         net_opt = torch.optim.SGD(net.parameters(), lr=m.lr_net, momentum=0.5)
-        pool = matcher.real_pool(sub_seed(ctx.seed, "pool", it))
+        pool = matcher.real_pool(derive(ctx.seed, "pool", it))
         for ol in range(m.outer_loop):
-            seed = sub_seed(ctx.seed, "step", it, ol)
+            seed = derive(ctx.seed, "step", it, ol)
             loss = matcher.loss(net, pool, syn, seed, create_graph=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -219,7 +219,7 @@ def _train_inner(
         return
     g = generator(seed, "inner")
     with torch.no_grad():
-        lq_full = ctx.matching_degrade(syn, sub_seed(seed, "inner-lq") % (2**31))
+        lq_full = ctx.matching_degrade(syn, derive(seed, "inner-lq"))
     for _ in range(m.inner_steps):
         lq, hq = random_patches([lq_full, syn], m.syn_patches, m.patch_size, g)
         opt.zero_grad(set_to_none=True)

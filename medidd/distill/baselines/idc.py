@@ -47,11 +47,12 @@ import torch
 import torch.nn.functional as F
 
 from medidd.distill.base import DistillContext, Distilled, finish, register_method
-from medidd.distill.baselines._common import generator, noise_init, real_images, report, sub_seed
+from medidd.distill.baselines._common import generator, noise_init, real_images, report
 from medidd.distill.config import DistillConfig
 from medidd.distill.matching import random_patches
 from medidd.distill.options import IDCOptions
 from medidd.preprocess.slices import SliceSet
+from medidd.seeds import derive
 
 
 def fourier_filters(width: int, kernel: int, n: int, seed: int) -> torch.Tensor:
@@ -137,7 +138,8 @@ class _Features(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("conv", torch.randn(o.width, 1, 3, 3, generator=g) * (2 / 9) ** 0.5)
-        self.register_buffer("fourier", fourier_filters(o.width, o.kernel, o.features, seed + 1))
+        bank = fourier_filters(o.width, o.kernel, o.features, derive(seed, "fourier"))
+        self.register_buffer("fourier", bank)
         self.register_buffer("mean", torch.zeros(1, o.width, 1, 1))
         self.register_buffer("std", torch.ones(1, o.width, 1, 1))
         self.p = o.local_patch
@@ -174,7 +176,7 @@ class InstanceDataCondensation:
         start, o = time.perf_counter(), self.opt
         images = real_images(real, ctx)
         g = generator(ctx.seed, "idc")
-        feats = _Features(o, sub_seed(ctx.seed, "idc-f") % 2**31).to(ctx.device)
+        feats = _Features(o, derive(ctx.seed, "idc-f")).to(ctx.device)
         (ref,) = random_patches([images], o.real_patches, self.cfg.matching.patch_size, g)
         feats.calibrate(ref)
         freqs = (torch.randn(o.frequencies, o.features, generator=g) * o.freq_scale

@@ -44,12 +44,12 @@ from medidd.distill.baselines._common import (
     probe_loss,
     real_images,
     report,
-    sub_seed,
 )
 from medidd.distill.config import DistillConfig
 from medidd.distill.matching import random_patches
 from medidd.distill.options import TripleDOptions
 from medidd.preprocess.slices import SliceSet
+from medidd.seeds import derive
 
 
 def local_entropy(images: torch.Tensor, bins: int = 16, window: int = 9) -> torch.Tensor:
@@ -106,7 +106,7 @@ class TripleD:
     def _loss(self, real: torch.Tensor, syn: torch.Tensor, seed: int) -> torch.Tensor:
         o, g = self.opt, generator(seed, "tripled")
         net = RandomConvNet(o.cnn_width, o.cnn_depth, pool=False,
-                            seed=sub_seed(seed, "net") % 2**31).to(syn.device)
+                            seed=derive(seed, "net")).to(syn.device)
         (r,) = random_patches([real], o.real_patches, self.cfg.matching.patch_size, g)
         (s,) = random_patches([syn], o.syn_patches, self.cfg.matching.patch_size, g)
         return _alignment_loss(net, r, s, o.kl_weight)
@@ -126,7 +126,7 @@ class TripleD:
         probe_start = probe_loss(lambda s: self._loss(images, syn.detach(), s), ctx.seed)
         last = float("nan")
         for step in range(self.opt.steps):
-            loss = self._loss(images, syn, sub_seed(ctx.seed, "tripled-step", step))
+            loss = self._loss(images, syn, derive(ctx.seed, "tripled-step", step))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from scipy.special import log_ndtr
 
+from medidd.seeds import derive
+
 logger = logging.getLogger(__name__)
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -247,9 +249,9 @@ def evaluate_attack(
         auc=roc_auc(pos, neg),
         auc_ci=bootstrap_ci(roc_auc, pos, neg, n_boot, alpha, seed, **groups),
         tpr_at_1=tpr1(pos, neg),
-        tpr_at_1_ci=bootstrap_ci(tpr1, pos, neg, n_boot, alpha, seed + 1, **groups),
+        tpr_at_1_ci=bootstrap_ci(tpr1, pos, neg, n_boot, alpha, derive(seed, "tpr1"), **groups),
         tpr_at_0_1=tpr01(pos, neg),
-        tpr_at_0_1_ci=bootstrap_ci(tpr01, pos, neg, n_boot, alpha, seed + 2, **groups),
+        tpr_at_0_1_ci=bootstrap_ci(tpr01, pos, neg, n_boot, alpha, derive(seed, "tpr01"), **groups),
         n_members=int(pos.size),
         n_nonmembers=int(neg.size),
         fpr_floor=fpr_floor(neg.size),
