@@ -13,7 +13,19 @@ from typing import Annotated, Any
 
 import typer
 
-from hospital_node._console import console, fail, medidd_home, out, progress_bar, setup_logging
+from hospital_node._console import (
+    console,
+    fail,
+    medidd_home,
+    node_flags,
+    out,
+    progress_bar,
+    setup_logging,
+)
+from medidd.config import with_flags
+
+#: what ``run_audit``'s inputs are called on this command line
+INPUT_FLAGS = {"holdout": "--holdout", "patients": "--patients", "salt": "--salt-file"}
 
 
 def _preprocess_config(manifest: Any) -> Any:
@@ -102,13 +114,15 @@ def audit(
         try:
             report = run_audit(package, list(site.slices), held, policy, progress)
         except (AuditError, PackageError, ValueError) as exc:
-            raise fail(str(exc)) from None
+            raise fail(with_flags(str(exc), INPUT_FLAGS, scope="input")) from None
     _finish(report, report_dir, package, as_json)
 
 
 def _finish(report: Any, report_dir: Path, package: Path, as_json: bool) -> None:
-    """Write the report, record the verdict (valid packages), print, exit 1 unless passed."""
-    from medidd.package import PackageError
+    """Write the report, record the verdict (valid packages), print the audit gate's answer
+    (what ``medidd-node serve`` will say), exit 1 unless passed."""
+    from medidd.federation.node import node_key
+    from medidd.package import PackageError, audit_gate
     from medidd.privacy.audit import record_audit
     from medidd.report.audit import write_report
 
@@ -117,10 +131,13 @@ def _finish(report: Any, report_dir: Path, package: Path, as_json: bool) -> None
         record_audit(package, report, files.json_sha256)
     except PackageError:
         console.print("[yellow]verdict not recorded in the manifest: the package is invalid[/]")
+    gate = audit_gate(package, accept_override=False, override_key=node_key("override_audit"))
     summary = report.summary()
     if as_json:
         out.print_json(json.dumps({"verdict": report.verdict, "reasons": report.reasons,
-                                   "summary": summary, "report": str(files.json)}))
+                                   "summary": summary, "report": str(files.json),
+                                   "audit_gate": {"ok": gate.ok,
+                                                  "reason": node_flags(gate.reason)}}))
     else:
         colour = {"passed": "green", "failed": "red"}.get(report.verdict, "yellow")
         out.print(f"audit [bold {colour}]{report.verdict.upper()}[/]  ({report.seconds:.0f} s)")
@@ -129,7 +146,7 @@ def _finish(report: Any, report_dir: Path, package: Path, as_json: bool) -> None
         shown = ("max_nn_ncc", "ideal_ncc", "max_nn_ssim", "gate_auc", "control_auc")
         out.print("  " + ", ".join(f"{k} {summary[k]:.3f}" for k in shown if k in summary))
         out.print(f"  report: {files.html} (stays at the site), {files.json}")
-        if not report.passed:
-            console.print("the package may not leave the site (medidd-node serve refuses it)")
+        if not gate.ok:
+            console.print(f"the package may not leave the site: {node_flags(gate.reason)}")
     if not report.passed:
         raise typer.Exit(1)

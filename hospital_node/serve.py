@@ -94,15 +94,20 @@ def node_settings(
 ) -> NodeSettings:
     """The node's settings with absolute paths (the ClientApp runs in another process); the
     salt defaults to the site's (``$MEDIDD_HOME/salt``, as the other medidd-node commands) and
-    the preprocessing cache to ``$MEDIDD_HOME/cache`` (every round re-reads the patients)."""
+    the preprocessing cache to ``$MEDIDD_HOME/cache`` (every round re-reads the patients).
+
+    Raises:
+        medidd.config.ConfigError: a setting is invalid (e.g. the name); the message names
+            its node config key.
+    """
     def absolute(p: Path | None) -> Path | None:
         return Path(p).resolve() if p is not None else None
 
-    return NodeSettings(name=name, package=absolute(package), patients=absolute(patients),
-                        holdout=absolute(holdout),
-                        salt_file=absolute(salt_file or default_salt_file()),
-                        cache_dir=absolute(cache_dir or default_salt_file().parent / "cache"),
-                        override_audit=override_audit)
+    return NodeSettings.from_node_config({
+        "name": name, "package": absolute(package), "patients": absolute(patients),
+        "holdout": absolute(holdout), "salt-file": absolute(salt_file or default_salt_file()),
+        "cache-dir": absolute(cache_dir or default_salt_file().parent / "cache"),
+        "override-audit": override_audit})
 
 
 def serve(

@@ -11,12 +11,22 @@ Example:
     5
     >>> apply_overrides({"train": {"steps": 5}}, ["train.steps=7"])
     {'train': {'steps': 7}}
+
+A library message names a setting by its config key (:func:`config_key`); a command line
+rewrites those names into its own options (:func:`with_flags`):
+
+    >>> text = f"epsilon 9 is over the limit ({config_key('policy.max_epsilon')})"
+    >>> text
+    "epsilon 9 is over the limit (config key 'policy.max_epsilon')"
+    >>> with_flags(text, {}, fallback=lambda key: f"--set {key}=...")
+    'epsilon 9 is over the limit (--set policy.max_epsilon=...)'
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +44,55 @@ class StrictModel(BaseModel):
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and the key."""
+
+
+#: The two places a setting lives: the run's config (YAML, ``--set``) and a node's own config
+#: (``flower-supernode --node-config``, set at the hospital).
+SCOPES: tuple[str, ...] = ("config", "node config", "input")
+_KEY_REF = re.compile(r"\b(node config|config|input) key '([^'\s]+)'")
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+
+
+def config_key(key: str, scope: str = "config") -> str:
+    """How a library message names a setting: ``config key 'policy.max_bytes'`` (the run's
+    config), ``node config key 'override-audit'`` (a node's own config) or ``input key
+    'holdout'`` (an argument of a library entry point, e.g. :func:`run_audit`'s held-out
+    patients), so that each CLI can replace it by its own flag (:func:`with_flags`).
+
+    Example:
+        >>> config_key("override-audit", "node config")
+        "node config key 'override-audit'"
+    """
+    _check_scope(scope)
+    return f"{scope} key '{key}'"
+
+
+def with_flags(message: str, flags: Mapping[str, str], scope: str = "config",
+               fallback: Callable[[str], str] | None = None) -> str:
+    """``message`` with every :func:`config_key` of ``scope`` that a command line sets
+    replaced by its option (``flags``: key -> option text); keys not in ``flags`` become
+    ``fallback(key)``, or stay as they are. Keys of the other scope are left alone.
+
+    Example:
+        >>> with_flags("refused; allow it (node config key 'override-audit')",
+        ...            {"override-audit": "--override-audit-by WHO"}, scope="node config")
+        'refused; allow it (--override-audit-by WHO)'
+    """
+    _check_scope(scope)
+
+    def swap(found: re.Match[str]) -> str:
+        where, key = found.group(1), found.group(2)
+        if where != scope:
+            return found.group(0)
+        if key in flags:
+            return flags[key]
+        return fallback(key) if fallback is not None else found.group(0)
+
+    return _KEY_REF.sub(swap, message)
 
 
 def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> str:

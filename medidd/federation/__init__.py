@@ -1,5 +1,8 @@
 """The federation's logic without Flower: what a node serves, what the aggregator accepts,
-FedAvg maths, federated scores, the run report and development certificates.
+FedAvg maths, federated scores, the typed round settings that cross the wire
+(:mod:`~medidd.federation.protocol`), what a node does for each round
+(:mod:`~medidd.federation.site`), the run report and development certificates. The audit gate
+both sides apply is :func:`medidd.package.audit_gate`.
 
 The Flower apps (``hospital_node/client_app.py``, ``aggregator/server_app.py``) only translate
 messages into calls of this package; nothing here imports Flower.
@@ -18,7 +21,6 @@ from medidd.federation.audit import (
 )
 from medidd.federation.certs import make_dev_certificates, make_supernode_keys
 from medidd.federation.config import (
-    STRATEGIES,
     EvalConfig,
     FedAvgConfig,
     FederationConfig,
@@ -31,14 +33,22 @@ from medidd.federation.node import (
     NodeRefusal,
     NodeSettings,
     ServedPackage,
+    node_key,
     package_to_serve,
     record_audit_override,
 )
 from medidd.federation.policy import (
     CollectionPolicy,
     PackageVerdict,
-    audit_gate,
     check_received_package,
+)
+from medidd.federation.protocol import (
+    STRATEGIES,
+    AuditSettings,
+    EvaluateSettings,
+    SettingsError,
+    TrainSettings,
+    parse_settings,
 )
 from medidd.federation.report import (
     NodeReport,
@@ -47,13 +57,16 @@ from medidd.federation.report import (
     read_report,
     write_report,
 )
+from medidd.federation.site import audit_at_site, score_at_site, train_at_site
 from medidd.federation.union import UnionResult, reconcile_degradation, train_on_union
 
 __all__ = [
     "STRATEGIES",
     "AuditConfig",
+    "AuditSettings",
     "CollectionPolicy",
     "EvalConfig",
+    "EvaluateSettings",
     "FedAvgConfig",
     "FederationConfig",
     "LocalData",
@@ -64,9 +77,11 @@ __all__ = [
     "RunLedger",
     "RunReport",
     "ServedPackage",
+    "SettingsError",
     "Timeouts",
+    "TrainSettings",
     "UnionResult",
-    "audit_gate",
+    "audit_at_site",
     "check_audit_metrics",
     "check_received_package",
     "fedavg",
@@ -74,14 +89,18 @@ __all__ = [
     "make_dev_certificates",
     "make_supernode_keys",
     "membership_split",
+    "node_key",
     "package_to_serve",
+    "parse_settings",
     "pooled_audit",
     "read_report",
     "reconcile_degradation",
     "record_audit_override",
+    "score_at_site",
     "score_state",
     "split_local",
     "state_problems",
+    "train_at_site",
     "train_local",
     "train_on_union",
     "write_report",

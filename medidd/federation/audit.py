@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from medidd.config import StrictModel
-from medidd.federation.node import NodeRefusal
+from medidd.federation.node import NodeRefusal, node_key
 from medidd.federation.protocol import AUDIT_METRICS
 from medidd.package import Manifest
 from medidd.preprocess.slices import SliceSet
@@ -76,20 +76,20 @@ def membership_split(name: str, patients: Sequence[SliceSet], holdout: Sequence[
         members, others = patients, []  # FedAvg trained on every patient of the node
     elif manifest is None:
         raise NodeRefusal(f"node {name} has no readable package: its members are unknown "
-                          "(node config key 'package')")
+                          f"({node_key('package')})")
     else:
         keys = {p.key for p in manifest.patients}
         members = [s for s in patients if s.patient_key in keys]
         others = [s for s in patients if s.patient_key not in keys]
         if not members:
             raise NodeRefusal(f"node {name}: none of the package's {len(keys)} patients is among "
-                              "the node's patients (node config 'patients'; same salt file as "
-                              "at distillation?)")
+                              f"the node's patients ({node_key('patients')}); is "
+                              f"{node_key('salt_file')} the salt used at distillation?")
     member_keys = {s.patient_key for s in members}
     nonmembers = [s for s in (holdout if holdout else others) if s.patient_key not in member_keys]
     if not nonmembers:
         raise NodeRefusal(f"node {name} has no held-out patients (non-members) to audit with: "
-                          "set node config 'holdout', or keep some patients out of the package")
+                          f"set {node_key('holdout')}, or keep some patients out of the package")
     return members, nonmembers
 
 

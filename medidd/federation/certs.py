@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medidd._atomic import atomic_write_bytes
-from medidd._optional import optional_import
+from medidd.atomic import atomic_write_bytes
+from medidd.optional import optional_import
 
 logger = logging.getLogger(__name__)
 

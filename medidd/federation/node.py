@@ -3,8 +3,10 @@
 Node settings are set *at the site* (``flower-supernode --node-config``, or the simulation's
 node table) and never by the aggregator: where the package and the patients are, and whether
 the operator allows serving a package whose audit did not pass. The node serves a package only
-when it reads back valid and its audit passed, or when an override is both allowed by the node
-config and recorded in the manifest (who and why), so the aggregator's report shows it.
+when it reads back valid and passes the audit gate (:func:`medidd.package.audit_gate`: its
+audit passed, or an override is both allowed by the node config key ``override-audit`` and
+recorded in the manifest, who and why, so the aggregator's report shows it). Messages name
+node config keys as :func:`node_key` writes them; ``medidd-node`` maps them to its options.
 
 Example:
     >>> s = NodeSettings.from_node_config({"name": "site-a", "package": "/data/pkg",
@@ -23,15 +25,25 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from medidd.config import ConfigError, StrictModel
-from medidd.package import AuditInfo, Manifest, update_manifest
-from medidd.package._source import load_files
-from medidd.package.validate import check_contents
+from medidd.config import ConfigError, StrictModel, config_key
+from medidd.package import AuditInfo, Manifest, audit_gate, load_files, update_manifest
+from medidd.package.validate import MANIFEST, check_contents, check_shard, parse_manifest
 
 logger = logging.getLogger(__name__)
 
 #: Keys Flower's simulation engine puts into every node config; not ours, ignored.
 FLOWER_KEYS: frozenset[str] = frozenset({"partition-id", "num-partitions"})
+
+
+def node_key(field: str) -> str:
+    """How a message names a node setting: its node config key, spelt as Flower's
+    ``--node-config`` takes it.
+
+    Example:
+        >>> node_key("override_audit")
+        "node config key 'override-audit'"
+    """
+    return config_key(field.replace("_", "-"), "node config")
 
 
 class NodeSettings(StrictModel):
@@ -64,7 +76,8 @@ class NodeSettings(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            lines = [f"{node_key('.'.join(map(str, e['loc'])))}: {e['msg']}"
+                     for e in exc.errors()]
             valid = ", ".join(k.replace("_", "-") for k in cls.model_fields)
             raise ConfigError("invalid node config: " + "; ".join(lines) +
                               f" (valid keys: {valid})") from exc
@@ -108,31 +121,95 @@ def package_to_serve(settings: NodeSettings) -> ServedPackage:
         medidd.federation.node.NodeRefusal: node a has no package configured (node config ...
     """
     if settings.package is None:
-        raise NodeRefusal(f"node {settings.name} has no package configured (node config key "
-                          "'package')")
+        raise NodeRefusal(f"node {settings.name} has no package configured "
+                          f"({node_key('package')})")
     files, problems = load_files(Path(settings.package), settings.max_package_bytes)
     if files is None:
-        raise NodeRefusal(f"node {settings.name}: package unreadable: {'; '.join(problems)}")
+        limit = (f" (the limit is {node_key('max_package_bytes')})"
+                 if settings.max_package_bytes is not None else "")
+        raise NodeRefusal(f"node {settings.name}: package unreadable: {'; '.join(problems)}"
+                          f"{limit}")
     checked = check_contents(files)
     problems += checked.problems
     if problems or checked.manifest is None:
         raise NodeRefusal(f"node {settings.name}: package invalid ({len(problems)} problems): "
                           + "; ".join(problems[:5]))
-    manifest = checked.manifest
-    audit = manifest.audit
-    if audit is not None and audit.status == "passed":
-        return ServedPackage(files=files, manifest=manifest)
-    status = "no audit" if audit is None else f"audit status '{audit.status}'"
-    if audit is not None and audit.override is not None and settings.override_audit:
-        override = f"{audit.override.by}: {audit.override.reason}"
-        logger.warning("serving a package with %s under the recorded override", status)
-        return ServedPackage(files=files, manifest=manifest, override=override)
-    if settings.override_audit:
-        raise NodeRefusal(f"node {settings.name}: package has {status} and no override recorded "
-                          "in its manifest; record one (medidd-node serve --override-audit-by "
-                          "... --override-audit-reason ...) or run the audit")
-    raise NodeRefusal(f"node {settings.name}: package has {status}; run medidd-node audit, or "
-                      "record an override and set the node config override-audit=true")
+    gate = audit_gate(checked.manifest, accept_override=settings.override_audit,
+                      override_key=node_key("override_audit"))
+    if not gate.ok:
+        raise NodeRefusal(f"node {settings.name}: {gate.reason}")
+    if gate.override is not None:
+        logger.warning("serving a package whose audit did not pass: %s", gate.reason)
+    return ServedPackage(files=files, manifest=checked.manifest, override=gate.override)
+
+
+@dataclass(frozen=True)
+class ServedShard:
+    """What a node sends for shard ``index`` of ``n_shards`` on ``query.collect``: that
+    shard's two array files as written, and (with shard 0) the manifest's bytes."""
+
+    index: int
+    n_shards: int
+    files: dict[str, bytes]
+    manifest_bytes: bytes | None
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(len(b) for b in self.files.values()) + len(self.manifest_bytes or b"")
+
+
+def shard_to_serve(settings: NodeSettings, index: int = 0) -> ServedShard:
+    """Read, check and gate one shard of the node's package (the manifest and that shard's
+    files only: a large package is never read whole); :class:`NodeRefusal` says why not.
+
+    The manifest is checked in full and the audit gate applied for every shard; the shard's
+    files get every check of :func:`medidd.package.validate.check_shard`.
+
+    Example:
+        >>> shard_to_serve(NodeSettings(name="a"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        medidd.federation.node.NodeRefusal: node a has no package configured (node config ...
+    """
+    if settings.package is None:
+        raise NodeRefusal(f"node {settings.name} has no package configured "
+                          f"({node_key('package')})")
+    path = Path(settings.package)
+    files, problems = load_files(path, only={MANIFEST})
+    manifest = None
+    if files is not None and MANIFEST in files:
+        manifest, found = parse_manifest(files[MANIFEST])
+        problems += found
+    elif files is not None:
+        problems.append(f"{MANIFEST}: missing (every package holds one)")
+    if files is not None and manifest is not None:
+        problems += [f"{name}: unexpected file in the package; only {MANIFEST} and the array "
+                     "files it lists may be present; remove it"
+                     for name in sorted(files) if name != MANIFEST and name not in manifest.files]
+    if files is None or manifest is None or problems:
+        raise NodeRefusal(f"node {settings.name}: package invalid ({len(problems)} problems): "
+                          + "; ".join(problems[:5]))
+    size = sum(e.bytes for e in manifest.files.values())
+    if settings.max_package_bytes is not None and size > settings.max_package_bytes:
+        raise NodeRefusal(f"node {settings.name}: package of {size} bytes is over the limit "
+                          f"({node_key('max_package_bytes')})")
+    gate = audit_gate(manifest, accept_override=settings.override_audit,
+                      override_key=node_key("override_audit"))
+    if not gate.ok:
+        raise NodeRefusal(f"node {settings.name}: {gate.reason}")
+    shards = manifest.shards()
+    if not 0 <= index < len(shards):
+        raise NodeRefusal(f"node {settings.name}: no shard {index} (the package has "
+                          f"{len(shards)})")
+    shard = shards[index]
+    data, problems = load_files(path, only={shard.hq, shard.lq})
+    checked = check_shard(manifest, shard, data or {})
+    if data is None or problems or checked.problems:
+        problems += checked.problems
+        raise NodeRefusal(f"node {settings.name}: shard {index} invalid ({len(problems)} "
+                          "problems): " + "; ".join(problems[:5]))
+    return ServedShard(index, len(shards), data,
+                       files[MANIFEST] if index == 0 else None)
 
 
 def record_audit_override(package: Path, by: str, reason: str) -> Manifest:

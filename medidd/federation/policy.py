@@ -6,8 +6,9 @@ bytes), so the aggregator runs exactly the checks a hospital runs before it ship
 values, value range, sha256 and size of every file against the manifest), plus:
 
 - a size limit checked *before* anything is decoded (``max_bytes``);
-- the audit gate: ``audit.status == "passed"``, or an operator's override recorded in the
-  manifest (accepted only when ``accept_override``); the override is reported;
+- the audit gate (:func:`medidd.package.audit_gate`, the rule the node applies before it
+  serves): ``audit.status == "passed"``, or an operator's override recorded in the manifest
+  (accepted only when ``accept_override``); the override is reported;
 - differential privacy when the consortium demands it (``require_dp``, ``max_epsilon``);
 - consistency with the run: task, modality, image size, CT window, degradation kind.
 
@@ -24,15 +25,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from medidd.config import StrictModel
-from medidd.package import Manifest
+from medidd.config import StrictModel, config_key
+from medidd.package import Manifest, audit_gate
 from medidd.package.validate import check_contents
+
+if TYPE_CHECKING:
+    from medidd.federation.spool import SpooledPackage
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,9 @@ class PackageVerdict:
     """The aggregator's decision on one package: ``accepted`` when ``reasons`` is empty.
 
     ``override`` is ``"by: reason"`` when an audit override made the package acceptable;
-    ``hq`` / ``lq`` hold the decoded float32 arrays (only for accepted packages)."""
+    ``hq`` / ``lq`` hold the decoded float32 arrays (only for accepted packages), or, for a
+    package streamed shard by shard (:class:`~medidd.federation.spool.PackageIntake`),
+    ``spooled`` says where its arrays are kept on disk."""
 
     reasons: list[str] = field(default_factory=list)
     manifest: Manifest | None = None
@@ -69,74 +75,64 @@ class PackageVerdict:
     lq: npt.NDArray[np.float32] | None = None
     n_bytes: int = 0
     override: str | None = None
+    spooled: SpooledPackage | None = None
 
     @property
     def accepted(self) -> bool:
         return not self.reasons and self.manifest is not None
 
 
-def audit_gate(manifest: Manifest, accept_override: bool) -> tuple[str | None, str | None]:
-    """``(refusal reason or None, override text or None)`` for the audit status of ``manifest``.
+def policy_problems(manifest: Manifest, policy: CollectionPolicy, *, task: str,
+                    degradation_kind: str | None = None) -> tuple[list[str], str | None]:
+    """Policy reasons to refuse ``manifest`` (``[]`` if none) and the override text, if any;
+    each reason starts with the field it is about and names the config key that sets the rule.
 
     Example:
         >>> from medidd.package.manifest import example_manifest
-        >>> audit_gate(example_manifest(audit={"status": "passed"}), True)
-        (None, None)
-        >>> audit_gate(example_manifest(), True)[0]
-        'audit: no privacy audit recorded; run medidd-node audit on the package first'
+        >>> problems_, override = policy_problems(example_manifest(), CollectionPolicy(),
+        ...                                       task="denoise")
+        >>> problems_[0].startswith("audit: no privacy audit recorded"), override
+        (True, None)
     """
-    audit = manifest.audit
-    if audit is not None and audit.status == "passed":
-        return None, None
-    status = "no privacy audit recorded" if audit is None else f"audit status '{audit.status}'"
-    if audit is not None and audit.override is not None:
-        text = f"{audit.override.by}: {audit.override.reason}"
-        if accept_override:
-            return None, text
-        return f"audit: {status} with an operator override ({text}), but this run does not "\
-               "accept overrides (policy.accept_override: false)", None
-    if audit is None:
-        return "audit: no privacy audit recorded; run medidd-node audit on the package first", None
-    return f"audit: {status}; the package may not leave the site unless its audit passes or "\
-           "an operator records an override", None
-
-
-def policy_problems(manifest: Manifest, policy: CollectionPolicy, *, task: str,
-                    degradation_kind: str | None = None) -> tuple[list[str], str | None]:
-    """Policy reasons to refuse ``manifest`` (``[]`` if none) and the override text, if any."""
     out: list[str] = []
     override = None
     if policy.require_audit:
-        reason, override = audit_gate(manifest, policy.accept_override)
-        if reason:
-            out.append(reason)
+        gate = audit_gate(manifest, accept_override=policy.accept_override,
+                          override_key=config_key("policy.accept_override"))
+        if not gate.ok:
+            out.append(f"audit: {gate.reason}")
+        override = gate.override
     if policy.require_dp:
         dp = manifest.dp
         if dp is None or not dp.enabled:
             out.append("dp: the run requires differentially private distillation "
-                       "(policy.require_dp) but the package has none")
+                       f"({config_key('policy.require_dp')}) but the package has none")
         elif policy.max_epsilon is not None and dp.epsilon is not None and \
                 dp.epsilon > policy.max_epsilon:
             out.append(f"dp: epsilon {dp.epsilon:g} is above the run's limit "
-                       f"{policy.max_epsilon:g} (policy.max_epsilon)")
+                       f"{policy.max_epsilon:g} ({config_key('policy.max_epsilon')})")
     if manifest.task != task:
-        out.append(f"task: the package is for '{manifest.task}' but this run trains '{task}'")
+        out.append(f"task: the package is for '{manifest.task}' but this run trains '{task}' "
+                   f"({config_key('task')})")
     if policy.expected_modality and manifest.modality != policy.expected_modality:
         out.append(f"modality: {manifest.modality} but the run expects "
-                   f"{policy.expected_modality}")
+                   f"{policy.expected_modality} ({config_key('policy.expected_modality')})")
     if policy.expected_image_size and manifest.image_size != policy.expected_image_size:
         out.append(f"image_size: {manifest.image_size} px but the run expects "
-                   f"{policy.expected_image_size} px")
+                   f"{policy.expected_image_size} px "
+                   f"({config_key('policy.expected_image_size')})")
     if policy.expected_window and manifest.modality == "CT" and \
             tuple(manifest.window) != tuple(policy.expected_window):
         out.append(f"window: {list(manifest.window)} but the run uses "
-                   f"{list(policy.expected_window)} (CT HU window)")
+                   f"{list(policy.expected_window)} (CT HU window, "
+                   f"{config_key('policy.expected_window')})")
     if policy.max_images is not None and manifest.n_images > policy.max_images:
         out.append(f"n_images: {manifest.n_images} images, over the run's limit "
-                   f"{policy.max_images} (policy.max_images)")
+                   f"{policy.max_images} ({config_key('policy.max_images')})")
     kind = manifest.degradation.get("kind")
     if degradation_kind is not None and kind != degradation_kind:
-        out.append(f"degradation: kind '{kind}' but the run uses '{degradation_kind}'")
+        out.append(f"degradation: kind '{kind}' but the run uses '{degradation_kind}' "
+                   f"({config_key('degradation')})")
     return out, override
 
 
@@ -159,7 +155,7 @@ def check_received_package(
     verdict = PackageVerdict(n_bytes=n_bytes)
     if n_bytes > policy.max_bytes:
         verdict.reasons.append(f"size: {n_bytes} bytes, over the limit of {policy.max_bytes} "
-                               "(policy.max_bytes); not decoded")
+                               f"({config_key('policy.max_bytes')}); not decoded")
         return verdict
     checked = check_contents(files)
     verdict.reasons += checked.problems

@@ -17,7 +17,8 @@ Verdict (every reason is collected):
 - otherwise **passed**.
 
 The manifest records ``passed`` or ``failed`` (inconclusive is recorded as failed, with
-``summary.inconclusive = 1``) and the sha256 of report.json; :func:`audit_gate` reads it.
+``summary.inconclusive = 1``) and the sha256 of report.json; the audit gate
+(:func:`medidd.package.audit_gate`, the one rule node and aggregator apply) reads it.
 
 Example:
     >>> AuditReport(verdict="passed").summary()
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 
 import medidd
+from medidd.config import config_key
+from medidd.degrade import build_degradation
 from medidd.package import (
     AuditInfo,
     Manifest,
@@ -51,14 +54,13 @@ from medidd.privacy.membership import (
     MembershipResult,
     Progress,
     attack_metrics,
-    audit_degradation,
     audit_membership,
 )
 from medidd.privacy.memorisation import (
-    _normalise_rows,
     cross_patient_reference,
     memorisation_report,
     nearest_real,
+    normalise_rows,
 )
 from medidd.privacy.phi import scan_package_dir
 from medidd.privacy.policy import AuditPolicy
@@ -68,8 +70,8 @@ logger = logging.getLogger(__name__)
 VERDICTS = ("passed", "failed", "inconclusive")
 REPORT_FORMAT = "medidd-audit/1"
 
-__all__ = ["AuditError", "AuditPolicy", "AuditReport", "attack_metrics", "audit_gate",
-           "record_audit", "run_audit"]
+__all__ = ["AuditError", "AuditPolicy", "AuditReport", "attack_metrics", "record_audit",
+           "run_audit"]
 
 
 class AuditError(ValueError):
@@ -79,7 +81,8 @@ class AuditError(ValueError):
 @dataclass
 class AuditReport:
     """Everything the audit found. ``memorisation`` holds the NCC and SSIM reports (JSON-ready),
-    ``pairs`` the distilled images and their nearest real slices (for the HTML, never JSON)."""
+    ``pairs`` the distilled images and their nearest real slices and ``roles`` each patient's
+    part (member, held-out) for the HTML, never JSON."""
 
     verdict: str
     reasons: list[str] = field(default_factory=list)
@@ -90,6 +93,8 @@ class AuditReport:
     memorisation: dict[str, Any] = field(default_factory=dict)
     membership: MembershipResult | None = None
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: pseudonymous patient key -> "member" / "held-out" / "other site patient" (HTML only)
+    roles: dict[str, str] = field(default_factory=dict)
     gate: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -160,11 +165,11 @@ def scan_package(path: Path) -> list[str]:
 def _ncc_shortlist(distilled: torch.Tensor, real: torch.Tensor, k: int, chunk: int = 512
                    ) -> torch.Tensor:
     """(N, k) indices of the ``k`` real slices of highest NCC to each distilled image."""
-    d = _normalise_rows(distilled)
+    d = normalise_rows(distilled)
     best = torch.full((d.shape[0], 0), -2.0)
     index = torch.zeros((d.shape[0], 0), dtype=torch.long)
     for start in range(0, real.shape[0], chunk):
-        sims = d @ _normalise_rows(real[start : start + chunk]).T
+        sims = d @ normalise_rows(real[start : start + chunk]).T
         best = torch.cat([best, sims], dim=1)
         index = torch.cat([index, torch.arange(start, start + sims.shape[1]).expand_as(sims)], 1)
         best, order = best.topk(min(k, best.shape[1]), dim=1)
@@ -333,12 +338,14 @@ def run_audit(
     problems = _check_slices([*patients, *holdout], m, "the site's")
     leaked = sorted({s.patient_key for s in holdout} & in_package)
     if leaked:
-        problems.append(f"{len(leaked)} held-out patients are in the package; --holdout must "
-                        "hold patients that were not distilled")
+        problems.append(f"{len(leaked)} held-out patients are in the package; "
+                        f"{config_key('holdout', 'input')} must hold patients that were not "
+                        "distilled")
     if not members:
         problems.append(f"none of the package's {len(m.patients)} patients is among the "
                         f"{len(patients)} patients given; were they pseudonymised with the same "
-                        "site salt (--salt-file) and is --patients the folder that was distilled?")
+                        f"site salt ({config_key('salt', 'input')}) and is "
+                        f"{config_key('patients', 'input')} the folder that was distilled?")
     if problems:
         raise AuditError("cannot audit this package:\n  " + "\n  ".join(problems))
     report = AuditReport(verdict="inconclusive", policy=policy, package=_package_info(pkg))
@@ -354,11 +361,15 @@ def run_audit(
     real = {s.patient_key: s.images for s in [*members, *others, *holdout]}
     report.memorisation, nearest = audit_memorisation(pkg.hq, real, policy)
     report.pairs = (pkg.hq, nearest)
+    report.roles = {**{s.patient_key: "other site patient" for s in others},
+                    **{s.patient_key: "held-out" for s in holdout},
+                    **{s.patient_key: "member" for s in members}}
     if progress:
         progress("memorisation", 1, 1)
     if policy.run_mia:
         window = tuple(m.window) if m.modality == "CT" else (0.0, 1.0)
-        degrade = audit_degradation(m.degradation, window, policy.fast_degradation)  # type: ignore[arg-type]
+        degrade = build_degradation(m.degradation, window,  # type: ignore[arg-type]
+                                    fast=policy.fast_degradation)
         ranges = [(p.key, p.start, p.stop) for p in m.patients]
         report.membership = audit_membership(pkg.hq, ranges, members, holdout or others,
                                              degrade, policy, progress, holdout_of)
@@ -380,27 +391,3 @@ def record_audit(package_path: Path, report: AuditReport, report_sha256: str) ->
     info = AuditInfo(status="passed" if report.passed else "failed",
                      report_sha256=report_sha256, summary=report.summary())
     return update_manifest(Path(package_path), audit=info)
-
-
-def audit_gate(package_path: Path, accept_override: bool = True) -> tuple[bool, str]:
-    """May this package leave the site? ``(ok, reason)``: ok only for a valid package whose
-    recorded audit passed, or (``accept_override``) whose manifest records an operator override.
-
-    The decision is :func:`medidd.federation.policy.audit_gate`, the one the aggregator applies.
-
-    Example:
-        >>> audit_gate(Path("/nonexistent/pkg"))[0]
-        False
-    """
-    from medidd.federation.policy import audit_gate as manifest_gate
-
-    try:
-        manifest = read_package(Path(package_path)).manifest
-    except PackageError as exc:
-        return False, f"package invalid: {'; '.join(exc.problems[:5])}"
-    reason, override = manifest_gate(manifest, accept_override)
-    if reason is not None:
-        return False, reason
-    if override is not None:
-        return True, f"audit not passed, served under the recorded override ({override})"
-    return True, "audit passed"

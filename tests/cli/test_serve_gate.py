@@ -48,5 +48,20 @@ def test_serve_refuses_an_unaudited_package(tmp_path: Path) -> None:
         timeout=300,
     )
     assert r.returncode == 2, r.stderr
-    assert "audit" in r.stderr.lower()
+    assert "no privacy audit recorded" in r.stderr
+    # the library names the node config key; the CLI says which of its options sets it
+    assert "--override-audit-by" in r.stderr and "--override-audit-reason" in r.stderr
+    assert "node config" not in r.stderr and "override-audit=true" not in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_serve_names_the_option_of_a_bad_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "MEDIDD_HOME": str(tmp_path / "home"), "FLWR_TELEMETRY_ENABLED": "0"}
+    r = subprocess.run(
+        [sys.executable, "-m", "hospital_node.cli", "serve", "--superlink", "127.0.0.1:9",
+         "--package", str(tmp_path / "pkg"), "--name", "site a/b", "--insecure"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "invalid node config: --name:" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

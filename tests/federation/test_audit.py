@@ -42,10 +42,11 @@ def site(patients_dirs: dict[str, Path], real_samples: Path,
 
 
 def _content(strategy: str = "distill") -> RecordDict:
-    data = {"strategy": strategy, "net": NET.model_dump(mode="json"), "degradation": SPEC,
-            "preprocess": PREPROCESS, "seed": 0, "n_boot": 50, "max_slices_per_patient": 6}
+    settings = P.AuditSettings(strategy=strategy, net=NET, degradation=SPEC,
+                               preprocess=PreprocessConfig.model_validate(PREPROCESS), seed=0,
+                               n_boot=50, max_slices_per_patient=6)
     return RecordDict({P.MODEL: _weights(),
-                       P.SETTINGS: ConfigRecord({P.SETTINGS_JSON: json.dumps(data)})})
+                       P.SETTINGS: ConfigRecord({P.SETTINGS_JSON: settings.model_dump_json()})})
 
 
 def test_audit_replies_only_allowed_in_range_aggregates(

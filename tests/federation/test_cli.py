@@ -56,3 +56,17 @@ def test_the_deployment_app_embeds_the_config_as_valid_toml(tmp_path: Path) -> N
     assert conf["out-dir"] == str(tmp_path.resolve())
     conn = tomllib.loads(connection_toml("127.0.0.1:9", tmp_path / "ca.crt", False))
     assert conn["superlink"]["medidd"]["root-certificates"].endswith("ca.crt")
+
+
+def test_the_cli_names_its_options_for_the_config_keys_in_library_messages() -> None:
+    from aggregator.cli import with_options
+    from medidd.federation.policy import CollectionPolicy, policy_problems
+    from medidd.package.manifest import example_manifest
+
+    reasons, _ = policy_problems(example_manifest(audit={"status": "passed"}),
+                                 CollectionPolicy(max_images=2), task="sr")
+    text = with_options("; ".join(reasons))
+    assert "--set policy.max_images=..." in text and "--set task=..." in text
+    assert "config key" not in text
+    node = "node x has no patients configured: set node config key 'patients'"
+    assert with_options(node) == node  # a hospital's setting, not one of this CLI's

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from medidd.federation import CollectionPolicy, check_received_package, reconcile_degradation
+from medidd.package import load_files
 from medidd.package._codec import encode_array
-from medidd.package._source import load_files
 from tests.federation.conftest import SPEC, MakePackage
 
 

@@ -15,15 +15,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 from hospital_node.audit_cli import audit
+from medidd.degrade import build_degradation
 from medidd.distill.config import DistillConfig
 from medidd.distill.run import distill_site
-from medidd.io.sample_data import make_sample_patients
-from medidd.package import read_package, write_package
+from medidd.io.sample_data import COHORT_V1, make_sample_patients
+from medidd.package import Gate, audit_gate, read_package, write_package
 from medidd.preprocess.cohort import prepare_patients
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.preprocess.slices import SliceSet
-from medidd.privacy.audit import AuditError, audit_gate, record_audit, run_audit
-from medidd.privacy.membership import attack_metrics, audit_degradation, eval_set
+from medidd.privacy.audit import AuditError, record_audit, run_audit
+from medidd.privacy.membership import attack_metrics, eval_set
 from medidd.privacy.policy import AuditPolicy
 from medidd.report.audit import JSON_KEYS, write_report
 
@@ -44,7 +45,7 @@ FAST = {
 @pytest.fixture(scope="module")
 def dicom_tree(real_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site") / "dicom"
-    make_sample_patients(real_samples, out, modality="CT")
+    make_sample_patients(real_samples, out, modality="CT", names=COHORT_V1)
     return out
 
 
@@ -179,7 +180,7 @@ def test_report_and_manifest_record(full_audit, atlas_pkg: Path,  # type: ignore
     assert again.audit.status == ("passed" if report.passed else "failed")
     assert again.audit.summary["mia_auc_control"] == pytest.approx(
         report.membership.control.attacks["loss"].result.auc)
-    assert audit_gate(pkg)[0] is report.passed
+    assert audit_gate(pkg, accept_override=True).ok is report.passed
 
 
 def test_gate(atlas_pkg: Path, tmp_path: Path) -> None:
@@ -187,16 +188,16 @@ def test_gate(atlas_pkg: Path, tmp_path: Path) -> None:
     from medidd.package import update_manifest
 
     pkg = _copy(atlas_pkg, tmp_path / "pkg")
-    ok, reason = audit_gate(pkg)
-    assert not ok and "no privacy audit" in reason
+    gate = audit_gate(pkg, accept_override=True)
+    assert not gate.ok and "no privacy audit" in gate.reason
     update_manifest(pkg, audit={"status": "failed"})
-    assert not audit_gate(pkg)[0]
+    assert not audit_gate(pkg, accept_override=True).ok
     record_audit_override(pkg, "privacy officer", "accepted for the demo")
-    ok, reason = audit_gate(pkg)
-    assert ok and "override" in reason
-    assert not audit_gate(pkg, accept_override=False)[0]
+    gate = audit_gate(pkg, accept_override=True)
+    assert gate.ok and gate.override == "privacy officer: accepted for the demo"
+    assert not audit_gate(pkg, accept_override=False).ok
     update_manifest(pkg, audit={"status": "passed"})
-    assert audit_gate(pkg) == (True, "audit passed")
+    assert audit_gate(pkg, accept_override=True) == Gate(True, "audit passed")
 
 
 class NearestNeighbour(nn.Module):
@@ -224,7 +225,8 @@ def _interleaved(sets: list[SliceSet], n: int) -> tuple[list[SliceSet], list[Sli
 
 def test_memorising_model_is_detected(site: list[SliceSet]) -> None:
     mem, non = _interleaved(site[2:], 16)
-    ev = eval_set(mem, seed=5, limit=None, degrade=audit_degradation(SPEC, site[0].window))
+    op = build_degradation(SPEC, site[0].window, fast=True)
+    ev = eval_set(mem, seed=5, limit=None, degrade=op)
     metrics = attack_metrics(NearestNeighbour(ev.lq, ev.hq), mem, non, SPEC, seed=5)
     assert metrics["auc"] > 0.95
     assert metrics["tpr_at_1fpr"] > 0.5
@@ -255,7 +257,11 @@ def test_cli_fails_on_planted_copy(dicom_tree: Path, atlas_pkg: Path, members: l
             str(config), "--salt-file", str(salt), "--json", "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["verdict"] == "failed"
+    out = json.loads(result.stdout)
+    assert out["verdict"] == "failed" and out["audit_gate"]["ok"] is False
+    # the gate's refusal, as medidd-node serve will give it, with the CLI's own options
+    assert "audit status 'failed'" in out["audit_gate"]["reason"]
+    assert "--override-audit-by" in out["audit_gate"]["reason"]
     report = tmp_path / "planted.audit" / "report.json"
     assert json.loads(report.read_text())["summary"]["n_near_copies"] == 1.0
     assert read_package(planted).manifest.audit.status == "failed"

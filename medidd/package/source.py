@@ -22,9 +22,10 @@ import os
 import re
 import stat
 import zipfile
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
-from medidd.package.validate import CANDIDATE_FILES, MANIFEST
+from medidd.package.validate import MANIFEST, is_array_file
 
 #: Files that are not part of a package are read only this far (enough to spot DICOM).
 _HEAD = 132
@@ -39,24 +40,39 @@ def _total_problem(total: int, max_bytes: int | None, what: str) -> list[str]:
 
 
 def _wanted(name: str) -> bool:
-    return name == MANIFEST or name in CANDIDATE_FILES
+    return name == MANIFEST or is_array_file(name)
+
+
+def _keep(name: str, only: Collection[str] | None) -> bool:
+    """Whether to read ``name``: everything without ``only``; else the files in ``only`` and
+    anything that is no package file (read by its head, to be reported)."""
+    return only is None or name in only or not _wanted(name)
 
 
 def load_files(
-    path: Path, max_bytes: int | None = None
+    path: Path, max_bytes: int | None = None, *, only: Collection[str] | None = None
 ) -> tuple[dict[str, bytes] | None, list[str]]:
-    """``({name: bytes}, problems)``; files is None when nothing could or should be read."""
+    """``({name: bytes}, problems)``; files is None when nothing could or should be read.
+
+    ``only``: read just these package files (e.g. the manifest and one shard of a large
+    package); the other array files are skipped, while files that are no part of a package
+    still come back by their first bytes (so they can be reported); the safety checks look at
+    every entry, the size limit at what is read.
+    """
     path = Path(path)
     if path.is_dir():
-        return _load_dir(path, max_bytes)
-    if path.is_file():
+        files, problems = _load_dir(path, max_bytes, only)
+    elif path.is_file():
         if not zipfile.is_zipfile(path):
             return None, [f"{path.name}: not a package (neither a folder nor a .zip archive)"]
-        return _load_zip(path, max_bytes)
-    return None, [f"{path}: no such package (expected a folder or a .zip)"]
+        files, problems = _load_zip(path, max_bytes, only)
+    else:
+        return None, [f"{path}: no such package (expected a folder or a .zip)"]
+    return files, problems
 
 
-def _load_dir(path: Path, max_bytes: int | None) -> tuple[dict[str, bytes] | None, list[str]]:
+def _load_dir(path: Path, max_bytes: int | None, only: Collection[str] | None
+              ) -> tuple[dict[str, bytes] | None, list[str]]:
     problems: list[str] = []
     sizes: dict[str, int] = {}
     with os.scandir(path) as it:
@@ -69,7 +85,7 @@ def _load_dir(path: Path, max_bytes: int | None) -> tuple[dict[str, bytes] | Non
                                 f"{MANIFEST} and the array files it lists may be present")
             elif not entry.is_file(follow_symlinks=False):
                 problems.append(f"{entry.name}: not a regular file; remove it")
-            else:
+            elif _keep(entry.name, only):
                 sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
     too_big = _total_problem(sum(sizes.values()), max_bytes, "files hold")
     if too_big:
@@ -89,8 +105,10 @@ def _unsafe(name: str) -> bool:
     )
 
 
-def _load_zip(path: Path, max_bytes: int | None) -> tuple[dict[str, bytes] | None, list[str]]:
-    problems = _total_problem(path.stat().st_size, max_bytes, "the archive is")
+def _load_zip(path: Path, max_bytes: int | None, only: Collection[str] | None
+              ) -> tuple[dict[str, bytes] | None, list[str]]:
+    problems = [] if only is not None else _total_problem(path.stat().st_size, max_bytes,
+                                                          "the archive is")
     if problems:
         return None, problems
     files: dict[str, bytes] = {}
@@ -115,6 +133,9 @@ def _load_zip(path: Path, max_bytes: int | None) -> tuple[dict[str, bytes] | Non
             if problems:
                 return None, problems
             names = _strip_top_folder([i.filename for i in infos])
+            if only is not None:
+                kept = [(i, n) for i, n in zip(infos, names, strict=True) if _keep(n, only)]
+                infos, names = [i for i, _ in kept], [n for _, n in kept]
             too_big = _total_problem(sum(i.file_size for i in infos), max_bytes,
                                      "members expand to")
             if too_big:

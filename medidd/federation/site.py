@@ -1,0 +1,133 @@
+"""What a node does with its own data for each round the aggregator asks for.
+
+The ClientApp (``hospital_node/client_app.py``) parses the round's settings
+(:mod:`medidd.federation.protocol`) and the received weights, and calls one function here:
+
+- :func:`score_at_site` (``evaluate``): aggregate PSNR/SSIM of the model on the node's
+  held-out real slices (:data:`~medidd.federation.protocol.EVAL_METRICS` only);
+- :func:`train_at_site` (``train``, FedAvg baseline): the model trained on the node's raw
+  slices for the round's local steps, and the number of slices;
+- :func:`audit_at_site` (``query.audit``): a membership attack on the model with the node's
+  members and non-members (:data:`~medidd.federation.protocol.AUDIT_METRICS` only).
+
+Patients are read from the node's own settings (:class:`~medidd.federation.node.NodeSettings`:
+``patients``, ``holdout``, site salt and cache) with the run's preprocessing; the package's
+manifest says which of them are members (distilled). A node that cannot do a round raises
+:class:`~medidd.federation.node.NodeRefusal` with one line naming the node config key to set.
+
+Example:
+    >>> package_manifest(NodeSettings(name="a")) is None  # no package configured
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from medidd.degrade import build_degradation
+from medidd.federation.audit import membership_split, node_audit
+from medidd.federation.local import (
+    LocalData,
+    load_patients,
+    score_state,
+    split_local,
+    stack_slices,
+    train_local,
+)
+from medidd.federation.node import NodeRefusal, NodeSettings, node_key
+from medidd.federation.protocol import (
+    EVAL_METRICS,
+    MANIFEST_KEY,
+    AuditSettings,
+    EvaluateSettings,
+    TrainSettings,
+)
+from medidd.package import Manifest, load_files, parse_manifest
+from medidd.preprocess.pipeline import PreprocessConfig
+from medidd.preprocess.slices import SliceSet
+
+logger = logging.getLogger(__name__)
+
+State = Mapping[str, torch.Tensor]
+
+
+def package_manifest(settings: NodeSettings) -> Manifest | None:
+    """The manifest of the node's package (who its members are), or None when the node has
+    no package or it cannot be read (the audit gate is not applied: only patient keys are
+    read, nothing is sent)."""
+    if settings.package is None:
+        return None
+    files, _ = load_files(Path(settings.package), settings.max_package_bytes)
+    if not files or MANIFEST_KEY not in files:
+        return None
+    manifest, _ = parse_manifest(files[MANIFEST_KEY])
+    return manifest
+
+
+def site_patients(settings: NodeSettings, preprocess: PreprocessConfig
+                  ) -> tuple[list[SliceSet], list[SliceSet] | None]:
+    """The node's ``(patients, holdout)`` as slices, read with the run's ``preprocess``
+    settings (``holdout`` None when the node has no held-out folder).
+
+    Raises:
+        NodeRefusal: the node has neither patients nor held-out patients configured.
+    """
+    if settings.patients is None and settings.holdout is None:
+        raise NodeRefusal(f"node {settings.name} has no patients configured: set "
+                          f"{node_key('patients')} (or {node_key('holdout')})")
+    patients = (load_patients(settings.patients, preprocess, settings)
+                if settings.patients is not None else [])
+    holdout = (load_patients(settings.holdout, preprocess, settings)
+               if settings.holdout is not None else None)
+    return patients, holdout
+
+
+def local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> LocalData:
+    """The node's training and held-out slices; the package's patients are members, so the
+    held-out ones are the others (:func:`~medidd.federation.local.split_local`)."""
+    patients, holdout = site_patients(settings, preprocess)
+    return split_local(patients, holdout, package_manifest(settings))
+
+
+def score_at_site(settings: NodeSettings, state: State, rs: EvaluateSettings
+                  ) -> dict[str, float]:
+    """``evaluate``: aggregate scores of the net ``rs.net`` with weights ``state`` on the
+    node's held-out slices (LQ drawn with ``rs.seed``), plus ``n_patients`` and ``held_out``
+    (1 when the held-out patients were not distilled); only
+    :data:`~medidd.federation.protocol.EVAL_METRICS`."""
+    data = local_data(settings, rs.preprocess)
+    hq = stack_slices(data.holdout, rs.max_slices)
+    degrade = build_degradation(rs.degradation, data.holdout[0].window)
+    metrics = score_state(rs.net, state, hq, degrade, seed=rs.seed, batch_size=rs.batch_size)
+    metrics |= {"n_patients": float(len(data.holdout)), "held_out": float(data.disjoint)}
+    return {k: float(metrics[k]) for k in EVAL_METRICS if k in metrics}
+
+
+def train_at_site(settings: NodeSettings, state: State, rs: TrainSettings
+                  ) -> tuple[dict[str, torch.Tensor], int]:
+    """``train`` (FedAvg): ``rs.local_steps`` steps of ``rs.train`` from ``state`` on the
+    node's raw training slices; returns (new weights, number of slices)."""
+    data = local_data(settings, rs.preprocess)
+    hq = stack_slices(data.train)
+    degrade = build_degradation(rs.degradation, data.train[0].window)
+    return train_local(rs.train, state, hq, degrade, steps=rs.local_steps, seed=rs.seed)
+
+
+def audit_at_site(settings: NodeSettings, state: State, rs: AuditSettings) -> dict[str, float]:
+    """``query.audit``: the loss attack on ``rs.net`` with weights ``state``, members = the
+    node's patients in its package (every patient under ``fedavg`` without a package),
+    non-members = its held-out patients; only
+    :data:`~medidd.federation.protocol.AUDIT_METRICS`.
+
+    Raises:
+        NodeRefusal: no package, no member found, or no held-out patient.
+    """
+    patients, holdout = site_patients(settings, rs.preprocess)
+    members, nonmembers = membership_split(settings.name, patients, holdout,
+                                           package_manifest(settings), rs.strategy)
+    return node_audit(rs.net, state, members, nonmembers, rs.degradation, seed=rs.seed,
+                      n_boot=rs.n_boot, max_slices_per_patient=rs.max_slices_per_patient)
