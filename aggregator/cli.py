@@ -9,6 +9,7 @@ Commands:
 from __future__ import annotations
 
 import logging
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,36 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  rich_markup_mode="rich" if sys.stdout.isatty() and sys.stderr.isatty() else None,
                   help="MediDD aggregator: federated training and evaluation on Flower.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import medidd
+
+        typer.echo(f"medidd-aggregate {medidd.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool | None, typer.Option("--version", callback=_version,
+                       is_eager=True, help="print the version")] = None,
+) -> None:
+    """MediDD aggregator: federated training and evaluation on Flower."""
+
+
+#: Config keys (as library messages name them, :func:`medidd.config.config_key`) that have an
+#: option of their own; every other key is set with ``--set KEY=VALUE``.
+FLAGS: dict[str, str] = {"strategy": "--strategy"}
+
+
+def with_options(message: str) -> str:
+    """``message`` with the config keys it names replaced by this CLI's options."""
+    from medidd.config import with_flags
+
+    return with_flags(message, FLAGS, fallback=lambda key: f"--set {key}=...")
 
 
 class Strategy(StrEnum):
@@ -40,6 +70,8 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key, "
                     "e.g. --set train.steps=200")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's "
+                       "logs (default: warnings only)")] = False,
 ) -> None:
     """Collect the nodes' packages, train on their union, evaluate on every node's held-out
     patients and write report.html/report.json (or FedAvg with --strategy fedavg)."""
@@ -57,11 +89,11 @@ def train(
 
         if superlink:
             report = train_deployment(cfg, out, superlink, root_certificates=root_certificates,
-                                      insecure=insecure, stream=not quiet)
+                                      insecure=insecure, stream=verbose or not quiet)
         else:
-            report = train_simulation(cfg, out, verbose=False)
+            report = train_simulation(cfg, out, verbose=verbose)
     except (ConfigError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {with_options(str(exc))}", err=True)
         raise typer.Exit(2) from exc
     _print_report(report, out)
     if report.status != "ok":
@@ -76,25 +108,31 @@ def _print_report(report: object, out: Path) -> None:
 
     assert isinstance(report, RunReport)
     table = Table(title=f"MediDD {report.strategy} run ({report.status})")
-    for col in ("node", "status", "PSNR", "SSIM", "PSNR LQ", "slices", "bytes up", "note"):
-        table.add_column(col)
+    for col in ("node", "status", "package audit", "PSNR dB", "SSIM", "LQ PSNR dB", "slices",
+                "bytes up"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("note", overflow="fold")
     for n in report.nodes:
         m = n.metrics
-        note = "; ".join([*n.reasons, *(f"missing in {r}" for r in n.missing_in)])[:120]
-        table.add_row(n.name, n.status, f"{m['psnr']:.2f}" if "psnr" in m else "",
+        notes = [*n.reasons, *(f"missing in {r}" for r in n.missing_in)]
+        if n.override:
+            notes.append(f"audit override by {n.override}")
+        note = with_options("; ".join(notes))
+        verdict = (n.package_audit or "") + (" (overridden)" if n.override else "")
+        table.add_row(n.name, n.status, verdict, f"{m['psnr']:.2f}" if "psnr" in m else "",
                       f"{m['ssim']:.3f}" if "ssim" in m else "",
                       f"{m['psnr_lq']:.2f}" if "psnr_lq" in m else "",
-                      f"{m.get('n_slices', 0):.0f}", str(n.bytes_up), note)
-    console = Console()
+                      f"{m.get('n_slices', 0):.0f}", f"{n.bytes_up:,}", note)
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
     pooled = report.metrics
     console.print(
         f"pooled PSNR {pooled.get('psnr', float('nan')):.2f} dB (LQ "
         f"{pooled.get('psnr_lq', float('nan')):.2f}), SSIM {pooled.get('ssim', float('nan')):.3f}"
-        f"; rounds {report.rounds}; bytes up {report.bytes_up}, down {report.bytes_down}; "
+        f"; rounds {report.rounds}; bytes up {report.bytes_up:,}, down {report.bytes_down:,}; "
         f"wall {report.wall_s:.1f} s")
     if report.error:
-        console.print(f"[red]error: {report.error}[/red]")
+        console.print(f"[red]error: {with_options(report.error)}[/red]")
     console.print(f"report: {Path(out) / 'report.html'}")
 
 

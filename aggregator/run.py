@@ -1,14 +1,21 @@
 """Start a federated run on one of Flower's two engines and return its report.
 
-- :func:`train_simulation`: the in-process simulation engine (``flwr.simulation``, Ray
-  backend); every node of ``cfg.nodes`` is a virtual SuperNode whose settings (package and
-  patient folders) come from the config's node table, mapped by partition id.
+- :func:`train_simulation`: Flower's simulation runtime, through its supported path: a local
+  ``flower-superlink --simulation`` (insecure, on 127.0.0.1, in a temporary ``FLWR_HOME``) and
+  ``flwr run`` with the number of virtual SuperNodes and the Ray backend's resources as
+  ``--federation-config``; the SuperLink and everything it started are stopped afterwards.
+  Every node of ``cfg.nodes`` is a virtual SuperNode whose settings (package and patient
+  folders) come from the config's node table, by partition id
+  (``hospital_node.client_app:simulation_app``).
 - :func:`train_deployment`: the deployment engine. Builds a minimal Flower app (a
   ``pyproject.toml`` naming ``aggregator.server_app:app`` and ``hospital_node.client_app:app``,
   which must be installed on the SuperLink's and the SuperNodes' machines) with the run's
   config in ``[tool.flwr.app.config]``, and submits it with ``flwr run`` to a SuperLink given as
   ``HOST:PORT`` (TLS with ``root_certificates``) or as the name of a connection in
   ``$FLWR_HOME/config.toml``.
+
+Flower and Ray log at WARNING and without colour codes unless ``verbose``
+(:func:`run_env`).
 """
 
 from __future__ import annotations
@@ -17,58 +24,154 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from medidd.config import ConfigError
 from medidd.federation.config import FederationConfig
 from medidd.federation.executables import flower_executable
 from medidd.federation.report import RunReport, read_report
 
-if TYPE_CHECKING:
-    from flwr.clientapp import ClientApp
-
 logger = logging.getLogger(__name__)
 
 APP_NAME = "medidd-federation"
 CONNECTION = "medidd"
+SIMULATION_CLIENT_APP = "hospital_node.client_app:simulation_app"
 
 
-def _quiet_flower(env: dict[str, str] | None = None) -> dict[str, str]:
-    target = os.environ if env is None else env
+def run_env(env: dict[str, str] | None = None, *, verbose: bool = False) -> dict[str, str]:
+    """Environment for Flower's processes: no telemetry; Flower (``FLWR_LOG_LEVEL``) and Ray
+    at WARNING unless ``verbose``; no colour codes unless the output is a terminal.
+
+    Example:
+        >>> env = run_env({})
+        >>> env["FLWR_LOG_LEVEL"], env["RAY_BACKEND_LOG_LEVEL"], env["FLWR_TELEMETRY_ENABLED"]
+        ('WARNING', 'warning', '0')
+    """
+    target = dict(os.environ) if env is None else dict(env)
     target.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     target.setdefault("RAY_DEDUP_LOGS", "0")
     target.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    return dict(target)
+    if not verbose:
+        target["FLWR_LOG_LEVEL"] = "WARNING"
+        target["RAY_BACKEND_LOG_LEVEL"] = "warning"
+        target.setdefault("RAY_LOG_TO_STDERR", "0")
+    bin_dir = str(Path(sys.executable).parent)  # flower-superexec, flwr-simulation, ...
+    if bin_dir not in target.get("PATH", "").split(os.pathsep):
+        target["PATH"] = os.pathsep.join([bin_dir, target.get("PATH", "")])
+    if not sys.stdout.isatty():
+        target["NO_COLOR"] = "1"
+        target["TERM"] = "dumb"
+    return target
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the local SuperLink exited with code {proc.returncode}:\n"
+                               + log.read_text(errors="replace")[-2000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the local SuperLink did not start within {timeout_s:.0f} s:\n"
+                       + log.read_text(errors="replace")[-2000:])
+
+
+@contextmanager
+def local_simulation_superlink(home: Path, env: dict[str, str], *,
+                               startup_s: float = 120.0) -> Iterator[str]:
+    """A ``flower-superlink --simulation`` on a free port of 127.0.0.1, ended with everything
+    it started (by PID, :class:`aggregator.procs.Procs`) when the block exits; yields its
+    address. Its log is ``home/logs/superlink.log``."""
+    from aggregator.procs import Procs, free_port
+
+    port = free_port()
+    cmd = [flower_executable("flower-superlink"), "--insecure", "--simulation",
+           "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+           "--port", str(port), "--control-api-address", f"127.0.0.1:{free_port()}"]
+    procs = Procs(home / "logs")
+    try:
+        proc = procs.start("superlink", cmd, env)
+        _wait_healthy(port, proc, procs.logs / "superlink.log", startup_s)
+        yield f"127.0.0.1:{port}"
+    finally:
+        procs.stop_all()
+
+
+def simulation_federation_config(n_nodes: int, cpus: int, verbose: bool) -> list[str]:
+    """``flwr run --federation-config`` values: one virtual SuperNode per node, one CPU each,
+    Ray on ``cpus`` CPUs and no GPU, its logs at WARNING unless ``verbose``.
+
+    Example:
+        >>> simulation_federation_config(2, 4, False)[:2]
+        ['num-supernodes=2', 'client-resources-num-cpus=1']
+    """
+    level = '"INFO"' if verbose else '"WARNING"'
+    return [f"num-supernodes={n_nodes}", "client-resources-num-cpus=1",
+            "client-resources-num-gpus=0", f"init-args-num-cpus={cpus}",
+            "init-args-num-gpus=0", f"init-args-logging-level={level}",
+            f"init-args-log-to-driver={'true' if verbose else 'false'}"]
 
 
 def train_simulation(cfg: FederationConfig, out: Path, *, verbose: bool = False,
-                     cpus: int | None = None, client_app: ClientApp | None = None) -> RunReport:
-    """Run ``cfg`` in Flower's in-process simulation and return the report in ``out``.
+                     cpus: int | None = None, client_app: str = SIMULATION_CLIENT_APP,
+                     extra_env: dict[str, str] | None = None,
+                     timeout_s: float | None = None) -> RunReport:
+    """Run ``cfg`` in Flower's simulation runtime and return the report written to ``out``.
 
-    ``client_app`` replaces the nodes' ClientApp (default: MediDD's, with the settings of
-    ``cfg.nodes`` by partition id)."""
+    Args:
+        cfg: the run; ``cfg.nodes`` are the simulated hospitals.
+        out: report folder (on this machine).
+        verbose: show Flower's and Ray's logs (default: warnings only, and only when the run
+            fails).
+        cpus: CPUs for Ray (default: all).
+        client_app: the ClientApp the virtual SuperNodes run (``module:attribute``).
+        extra_env: more environment for Flower's processes (e.g. ``PYTHONPATH``).
+        timeout_s: give up after this long.
+
+    Raises:
+        ConfigError: no nodes in ``cfg``.
+        RuntimeError: the SuperLink or the run failed (the message carries their log's end).
+    """
     if not cfg.nodes:
         raise ConfigError("the simulation needs the hospitals: add 'nodes:' (name, package, "
                           "patients per node) to the federation config")
-    _quiet_flower()
-    from flwr.simulation import run_simulation
-
-    from aggregator.server_app import build_server_app
-    from hospital_node.client_app import build_client_app
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     n_cpus = cpus or os.cpu_count() or 1
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": n_cpus, "num_gpus": 0, "include_dashboard": False},
-    }
-    run_simulation(server_app=build_server_app(cfg, out),
-                   client_app=client_app or build_client_app(cfg.nodes),
-                   num_supernodes=len(cfg.nodes), backend_config=backend,  # type: ignore[arg-type]
-                   verbose_logging=verbose)
+    with tempfile.TemporaryDirectory(prefix="medidd-sim-") as tmp:
+        home = Path(tmp) / "flwr-home"
+        home.mkdir()
+        env = run_env({**os.environ, **(extra_env or {})}, verbose=verbose)
+        env["FLWR_HOME"] = str(home)
+        with local_simulation_superlink(home, env) as address:
+            app_dir = Path(tmp) / "app"
+            app_dir.mkdir()
+            (app_dir / "pyproject.toml").write_text(app_pyproject(cfg, out, client_app))
+            (home / "config.toml").write_text(connection_toml(address, None, insecure=True))
+            cmd = [flwr_executable(), "run", str(app_dir), CONNECTION, "--stream"]
+            for value in simulation_federation_config(len(cfg.nodes), n_cpus, verbose):
+                cmd += ["--federation-config", value]
+            logger.info("simulating %d hospitals on Flower's simulation runtime",
+                        len(cfg.nodes))
+            proc = subprocess.run(cmd, env=env, check=False, timeout=timeout_s,
+                                  stdout=None if verbose else subprocess.PIPE,
+                                  stderr=None if verbose else subprocess.STDOUT)
+            if proc.returncode != 0 or not (out / "report.json").exists():
+                tail = (proc.stdout or b"").decode(errors="replace")[-3000:]
+                log = (home / "logs" / "superlink.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the simulation failed (flwr run exited with code "
+                                   f"{proc.returncode}, no report in {out}):\n{tail}\n{log}")
     return read_report(out)
 
 
@@ -131,7 +234,7 @@ def train_deployment(cfg: FederationConfig, out: Path, superlink: str, *,
     """Submit the run to a SuperLink (``HOST:PORT`` or a named connection) and wait for it."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = _quiet_flower(dict(os.environ))
+    env = run_env(dict(os.environ), verbose=stream)
     with tempfile.TemporaryDirectory(prefix="medidd-flwr-") as tmp:
         app_dir = Path(tmp) / "app"
         app_dir.mkdir()

@@ -3,9 +3,12 @@
 1. the real CT samples become DICOM series, split over two hospitals (each: one patient to
    distil, one held out for evaluation);
 2. each hospital: ``medidd-node distill`` then ``medidd-node audit`` (if the audit does not pass
-   with this tiny cohort, the demo records an explicit, visible override instead of hiding it);
-3. the consortium: ``medidd-aggregate train`` in Flower's in-process simulation, distillation
-   and the FedAvg raw-data baseline; the results table is printed and reports are written.
+   with this tiny cohort, the demo records an explicit, visible override that quotes the
+   audit's own verdict and reason instead of hiding it);
+3. the consortium: ``medidd-aggregate train`` on Flower's simulation runtime, distillation
+   and the FedAvg raw-data baseline; the results table is printed, and ``out/demo/index.html``
+   links every report and the trained model (``report-distill/model.safetensors`` with its
+   ``metadata.json``, ready for ``medidd-node enhance``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=Path, default=ROOT / "data/samples")
     ap.add_argument("--out", type=Path, default=ROOT / "out/demo")
     a = ap.parse_args(argv)
-    from medidd.io.sample_data import make_sample_patients
+    from medidd.io.sample_data import COHORT_V1, make_sample_patients
     from medidd.package import read_package
 
     t0 = time.time()
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.out.resolve()
     tree = out / "all-patients"
     if not tree.exists():
-        make_sample_patients(a.samples, tree, modality="CT")
+        make_sample_patients(a.samples, tree, modality="CT", names=COHORT_V1)
     verdicts = {}
     for name, (distilled, held_out) in HOSPITALS.items():
         h = out / name
@@ -64,14 +67,15 @@ def main(argv: list[str] | None = None) -> None:
                "--holdout", str(h / "dicom" / held_out), "-c",
                str(ROOT / "configs/demo_audit.yaml"), "-o", str(h / "audit"), "-q", *salt,
                env=env, check=False)
-        verdicts[name] = read_package(h / "distilled").manifest.audit
         if r.returncode != 0:
             from medidd.federation.node import record_audit_override
 
-            print(f"{name}: audit did not pass (see {h / 'audit' / 'report.html'}); the demo "
-                  "records an explicit override (1 member patient cannot power an attack)")
-            record_audit_override(h / "distilled", "make-demo",
-                                  "demo cohort of 1 member patient: attack underpowered")
+            verdict, reason = audit_verdict(h / "audit")
+            text = override_text(verdict, reason)
+            print(f"{name}: audit {verdict}: {reason}\n{name}: the demo records an explicit "
+                  f"override quoting it (see {h / 'audit' / 'report.html'})", flush=True)
+            record_audit_override(h / "distilled", "make-demo", text)
+        verdicts[name] = read_package(h / "distilled").manifest.audit
     import yaml
 
     fed = yaml.safe_load((ROOT / "configs/federation.yaml").read_text())
@@ -93,8 +97,80 @@ def main(argv: list[str] | None = None) -> None:
            "--out", str(rep), "--quiet", env=env)
         results[strategy] = json.loads((rep / "report.json").read_text())
     print("\n" + table(results, verdicts))
-    print(f"\ndemo finished in {time.time() - t0:.0f} s; reports: {out}/report-*/report.html, "
-          f"audits: {out}/hospital-*/audit/report.html")
+    index = write_index(out, results, verdicts)
+    print(f"\ndemo finished in {time.time() - t0:.0f} s; every report: {index}; trained model: "
+          f"{out / 'report-distill' / 'model.safetensors'} (+ metadata.json)")
+
+
+def audit_verdict(audit_dir: Path) -> tuple[str, str]:
+    """The audit's verdict and its first reason, from its report.json."""
+    try:
+        data = json.loads((audit_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return "not run", "the audit wrote no report"
+    reasons = [str(r) for r in data.get("reasons", [])]
+    return str(data.get("verdict", "unknown")), (reasons[0] if reasons else "no reason given")
+
+
+def override_text(verdict: str, reason: str, limit: int = 120) -> str:
+    """The override reason recorded in the manifest: the audit's own verdict and reason (one
+    line, at most ``limit`` characters, the manifest's limit).
+
+    Example:
+        >>> override_text("failed", "gate AUC 0.73 >= 0.65")
+        'demo override of audit failed: gate AUC 0.73 >= 0.65'
+    """
+    text = " ".join(f"demo override of audit {verdict}: {reason}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def write_index(out: Path, results: dict[str, dict], verdicts: dict[str, object]) -> Path:
+    """``out/index.html``: one page linking every report of the demo, with each hospital's
+    audit verdict and override and the trained model's card."""
+    import html
+
+    def link(path: Path, label: str) -> str:
+        rel = path.relative_to(out).as_posix()
+        if not path.exists():
+            return f"{html.escape(label)} (not written)"
+        return f"<a href='{html.escape(rel)}'>{html.escape(label)}</a>"
+
+    rows = []
+    for name, rep in results.items():
+        m = rep.get("metrics", {})
+        rows.append(
+            f"<tr><td>{link(out / f'report-{name}' / 'report.html', name)}</td>"
+            f"<td>{m.get('psnr', float('nan')):.2f} dB</td>"
+            f"<td>{m.get('psnr_lq', float('nan')):.2f} dB</td><td>{rep.get('rounds')}</td>"
+            f"<td>{rep.get('bytes_up', 0) / 1e3:,.0f} kB</td>"
+            f"<td>{rep.get('bytes_down', 0) / 1e3:,.0f} kB</td>"
+            f"<td>{link(out / f'report-{name}' / 'model.safetensors', 'model')} "
+            f"({link(out / f'report-{name}' / 'metadata.json', 'metadata.json')})</td></tr>")
+    audits = []
+    for name, audit in verdicts.items():
+        status = getattr(audit, "status", "not run")
+        override = getattr(audit, "override", None)
+        note = f"{override.by}: {override.reason}" if override is not None else ""
+        audits.append(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(status))}</td>"
+            f"<td>{html.escape(note)}</td>"
+            f"<td>{link(out / name / 'audit' / 'report.html', 'audit report')}</td></tr>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>MediDD demo</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+        "<h1>MediDD demo: every report</h1>"
+        "<h2>Federated runs (held-out real patients of both hospitals)</h2><table><tr>"
+        "<th>run report</th><th>PSNR</th><th>LQ PSNR</th><th>rounds</th><th>up</th>"
+        f"<th>down</th><th>trained model</th></tr>{''.join(rows)}</table>"
+        "<h2>Privacy audits at each hospital (kept at the site)</h2><table><tr><th>hospital"
+        "</th><th>verdict</th><th>override (who: why)</th><th>report</th></tr>"
+        f"{''.join(audits)}</table>"
+        "<p>Apply the distillation-trained model to a scan: <code>medidd-node enhance --model "
+        "report-distill/model.safetensors --patients DIR --out DIR</code>.</p></body></html>\n")
+    index = out / "index.html"
+    index.write_text(page)
+    return index
 
 
 def table(results: dict[str, dict], verdicts: dict[str, object]) -> str:
@@ -111,7 +187,9 @@ def table(results: dict[str, dict], verdicts: dict[str, object]) -> str:
     lines.append("")
     for name, audit in verdicts.items():
         status = getattr(audit, "status", "not run")
-        lines.append(f"{name}: audit {status}")
+        override = getattr(audit, "override", None)
+        lines.append(f"{name}: audit {status}"
+                     + (f", overridden by {override.by}: {override.reason}" if override else ""))
     return "\n".join(lines)
 
 

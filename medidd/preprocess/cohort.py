@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,8 @@ from typing import Any
 import torch
 
 import medidd
-from medidd._atomic import atomic_write_bytes
-from medidd.io.discover import ingest, summarise_cohort
+from medidd.atomic import atomic_write_bytes
+from medidd.io.discover import IngestReport, ingest, summarise_cohort
 from medidd.io.options import IngestOptions
 from medidd.io.volume import Skipped
 from medidd.preprocess.pipeline import PreprocessConfig, preprocess_volume
@@ -58,6 +59,31 @@ class PreparedCohort:
     @property
     def n_slices(self) -> int:
         return sum(len(s) for s in self.slices)
+
+
+def series_sources(report: IngestReport) -> dict[str, str]:
+    """Where each used series came from, relative to the patients folder: its file (a volume
+    file, a one-file series) or the folder that holds its files (``"CT-01-x/"``).
+
+    Local-only: these names may identify patients; show them to the site operator, never ship
+    them.
+
+    Example:
+        >>> r = IngestReport(used={"p1/a.dcm": "s-1", "p1/b.dcm": "s-1", "ct.nii.gz": "s-2"})
+        >>> series_sources(r)
+        {'s-1': 'p1/', 's-2': 'ct.nii.gz'}
+    """
+    files: dict[str, list[str]] = {}
+    for file, series in report.used.items():
+        files.setdefault(series, []).append(file)
+    out = {}
+    for series, names in files.items():
+        if len(names) == 1:
+            out[series] = names[0]
+        else:
+            common = os.path.commonpath(names).replace(os.sep, "/")
+            out[series] = f"{common}/" if common else "./"
+    return out
 
 
 def content_key(root: Path, *parts: str) -> str:

@@ -79,6 +79,25 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
+def native_window(data: torch.Tensor, modality: str, cfg: PreprocessConfig
+                  ) -> tuple[float, float]:
+    """The (low, high) native intensities that preprocessing maps to 0 and 1: the HU window
+    for CT, the volume's ``mr_percentiles`` for MR (on at most ~2M evenly strided voxels).
+
+    Example:
+        >>> native_window(torch.arange(101.0), "MR", PreprocessConfig(mr_percentiles=(10, 90)))
+        (10.0, 90.0)
+    """
+    if modality == "CT":
+        return float(cfg.ct_window[0]), float(cfg.ct_window[1])
+    plo, phi = cfg.mr_percentiles
+    arr = torch.as_tensor(data).float().flatten()
+    arr = arr[:: max(1, arr.numel() // 2_000_000)]
+    lo = float(torch.quantile(arr, plo / 100.0))
+    hi = float(torch.quantile(arr, phi / 100.0))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def _normalise(
     x: MetaTensor, modality: str, cfg: PreprocessConfig
 ) -> tuple[torch.Tensor, tuple[float, float]]:
@@ -87,13 +106,9 @@ def _normalise(
         out = ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)(x)
         return torch.as_tensor(out), (float(lo), float(hi))
     plo, phi = cfg.mr_percentiles
-    arr = x.as_tensor().float()
-    lo = float(torch.quantile(arr.flatten()[:: max(1, arr.numel() // 2_000_000)], plo / 100.0))
-    hi = float(torch.quantile(arr.flatten()[:: max(1, arr.numel() // 2_000_000)], phi / 100.0))
-    if hi <= lo:
-        hi = lo + 1.0
+    window = native_window(x.as_tensor(), modality, cfg)
     out = ScaleIntensityRangePercentiles(plo, phi, 0.0, 1.0, clip=True)(x)
-    return torch.as_tensor(out), (lo, hi)
+    return torch.as_tensor(out), window
 
 
 def preprocess_volume(volume: Volume, cfg: PreprocessConfig | None = None) -> SliceSet:

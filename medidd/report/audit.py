@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medidd._atomic import atomic_write_bytes, atomic_write_text
+from medidd.atomic import atomic_write_bytes, atomic_write_text
 from medidd.privacy.audit import AuditReport
 from medidd.report.plots import histogram_figure, memorisation_figure, pairs_figure, roc_figure
 
@@ -66,13 +66,82 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        if v[0] == v[1]:  # a bootstrap over one patient per side cannot move: no interval
+            return "n/a"
         return f"[{v[0]:.3f}, {v[1]:.3f}]"
     return html.escape(str(v))
+
+
+#: What to do about a reason, by a phrase it contains (first match wins).
+ADVICE: tuple[tuple[str, str], ...] = (
+    ("positive control not detected",
+     "add patients (members and held-out): with few patients the attack is underpowered and "
+     "cannot show the package is safe; re-run the audit"),
+    ("membership inference",
+     "distil with fewer images per patient or with DP (--dp), or add patients, then re-audit"),
+    ("near-cop", "re-distil: an image is almost a copy of a real slice; lower ipc or add DP"),
+    ("ideal line", "re-distil with more patients or DP so images are no closer to a patient "
+     "than other patients are"),
+    ("phi", "remove the burned-in text / header values the scan found and re-export"),
+    ("holdout", "pass held-out patients (--holdout) that were not distilled"),
+)
+
+
+def advice(reason: str) -> str:
+    """The one-line "what to do" for an audit reason.
+
+    Example:
+        >>> advice("membership inference: AUC 0.7 is above 0.6").startswith("distil")
+        True
+    """
+    low = reason.lower()
+    for phrase, text in ADVICE:
+        if phrase in low:
+            return text
+    return "read the reason above; fix the input or the policy and re-run the audit"
+
+
+def _why(report: AuditReport) -> str:
+    if report.reasons:
+        more = len(report.reasons) - 1
+        tail = f" (and {more} more reason{'s' if more > 1 else ''} below)" if more else ""
+        return f"{report.reasons[0]}{tail}."
+    if report.verdict == "passed":
+        return "every check passed under the policy below."
+    return "see the notes below."
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def _reasons(items: list[str]) -> str:
+    if not items:
+        return "<p>none</p>"
+    return "<ul>" + "".join(f"<li>{html.escape(i)}<br><b>what to do:</b> "
+                            f"{html.escape(advice(i))}</li>" for i in items) + "</ul>"
+
+
+def _n(count: int | None, noun: str) -> str:
+    """``1 patient``, ``32 slices``, ``n/a patients``."""
+    if count is None:
+        return f"n/a {noun}s"
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _cohort(report: AuditReport) -> str:
+    m = report.membership
+    c = m.counts if m is not None else {}
+    if not c:
+        return "<p>Membership inference was not run, so no patients were compared.</p>"
+    rows = [("members (patients distilled into the package)",
+             f"{_n(c.get('member_patients'), 'patient')}, {_n(c.get('member_slices'), 'slice')}"),
+            ("non-members (held-out patients)",
+             f"{_n(c.get('nonmember_patients'), 'patient')}, "
+             f"{_n(c.get('nonmember_slices'), 'slice')}"),
+            ("positive control training slices", _n(c.get("control_slices"), "slice"))]
+    return _table(rows)
 
 
 def _list(items: list[str]) -> str:
@@ -96,6 +165,20 @@ def _attack_rows(report: AuditReport) -> str:
                         f"<td>{r.tpr_at_0_1:.3f}</td><td>{r.n_members}</td>"
                         f"<td>{r.n_nonmembers}</td><td>{r.fpr_floor:.4f}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _nearest_labels(report: AuditReport) -> list[str] | None:
+    """``patient p-..., member`` / ``held-out`` per distilled image, where the report has it."""
+    ncc = report.memorisation.get("ncc", {})
+    keys, idx = ncc.get("nearest_patient"), ncc.get("nearest_slice")
+    if not keys:
+        return None
+    out = []
+    for i, key in enumerate(keys):
+        role = f"\n{report.roles[key]}" if key in report.roles else ""
+        where = f" slice {idx[i]}" if idx and i < len(idx) else ""
+        out.append(f"{key}{where}{role}")
+    return out
 
 
 def _figures(report: AuditReport) -> list[str]:
@@ -123,8 +206,8 @@ def _figures(report: AuditReport) -> list[str]:
     if report.pairs is not None and mem:
         distilled, nearest = report.pairs
         parts.append("<h3>distilled images beside their nearest real slice</h3>")
-        parts.append(_img(pairs_figure(distilled, nearest, mem["ncc"]["per_image"]),
-                          "nearest pairs"))
+        parts.append(_img(pairs_figure(distilled, nearest, mem["ncc"]["per_image"],
+                                       labels=_nearest_labels(report)), "nearest pairs"))
     return parts
 
 
@@ -143,10 +226,12 @@ def report_html(report: AuditReport) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>MediDD privacy audit: {report.verdict}</title><style>{_CSS}</style></head><body>",
         "<h1>MediDD privacy audit</h1>",
-        f"<p><span class='v {report.verdict}'>{report.verdict.upper()}</span></p>",
+        f"<p><span class='v {report.verdict}'>{report.verdict.upper()}</span> "
+        f"{html.escape(_why(report))}</p>",
         "<p class='warn'>This page shows real patient slices: keep it at the site. "
         "report.json holds the same numbers without images.</p>",
-        "<h2>Reasons</h2>", _list(report.reasons),
+        "<h2>Reasons and what to do</h2>", _reasons(report.reasons),
+        "<h2>Patients and slices compared</h2>", _cohort(report),
         "<h2>Notes</h2>", _list(report.notes),
         "<h2>Package</h2>", _table(list(report.package.items())),
         "<h2>Summary</h2>", _table(sorted(s.items())),
@@ -162,8 +247,10 @@ def report_html(report: AuditReport) -> str:
         "<h2>PHI scan</h2>", _list(report.phi_findings),
         "<h2>Membership inference</h2>", _attack_rows(report),
         "<p>AUC 0.5 = the attacker cannot tell members from non-members; TPR at a low FPR is "
-        "what a careful attacker achieves. Intervals resample slices; slices of one patient are "
-        "correlated, so read them with the number of patients in mind. The positive control is "
+        "what a careful attacker achieves. Intervals resample patients (slices of one patient "
+        "are correlated); with one patient per side nothing can move, so they read n/a. "
+        "members / non-members count slices; the table above gives patients. The positive "
+        "control is "
         "the same attack on a model trained on the members' raw slices: if it is not detected, "
         "the audit is inconclusive.</p>",
         *_figures(report),

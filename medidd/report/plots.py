@@ -65,10 +65,12 @@ def histogram_figure(groups: Mapping[str, Scores], title: str) -> bytes:
         bins = np.linspace(both.min(), both.max() + 1e-12, 30)
         ax.hist(neg, bins=bins, alpha=0.6, density=True, label=f"non-members ({len(neg)})")
         ax.hist(pos, bins=bins, alpha=0.6, density=True, label=f"members ({len(pos)})")
-        ax.set_title(name)
-        ax.set_xlabel("score (higher = member)")
+        ax.set_title(f"{title} (attack: {name})" if n == 1 else f"attack: {name}", fontsize=10)
+        ax.set_xlabel("attack score (higher = more likely a member)")
+        ax.set_ylabel("density (each group sums to 1)")
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    if n > 1:
+        fig.suptitle(title)
     return _png(fig)
 
 
@@ -93,8 +95,9 @@ def memorisation_figure(values: Mapping[str, Sequence[float]],
 
 
 def pairs_figure(distilled: torch.Tensor, nearest: torch.Tensor, sims: Sequence[float],
-                 max_pairs: int = 12) -> bytes:
-    """Distilled images beside their nearest real slice, most similar first."""
+                 max_pairs: int = 12, labels: Sequence[str] | None = None) -> bytes:
+    """Distilled images beside their nearest real slice, most similar first; ``labels[i]``
+    says where image ``i``'s nearest slice comes from (patient, member or held-out)."""
     order = np.argsort(-np.asarray(sims, dtype=float))[:max_pairs]
     cols = 4
     rows = max(1, int(np.ceil(len(order) / (cols // 2))))
@@ -108,5 +111,6 @@ def pairs_figure(distilled: torch.Tensor, nearest: torch.Tensor, sims: Sequence[
         a.imshow(distilled[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         a.set_title(f"distilled #{i}", fontsize=8)
         b.imshow(nearest[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        b.set_title(f"nearest real, NCC {sims[i]:.3f}", fontsize=8)
+        where = f"\n{labels[i]}" if labels is not None and i < len(labels) else ""
+        b.set_title(f"nearest real, NCC {sims[i]:.3f}{where}", fontsize=7)
     return _png(fig)

@@ -1,5 +1,6 @@
-"""End to end in Flower's in-process simulation engine (Ray backend): three hospitals, one of
-which sends a tampered package; then the FedAvg baseline on the same nodes."""
+"""End to end in Flower's simulation runtime (a local ``flower-superlink --simulation`` and
+``flwr run``, Ray backend): three hospitals, one of which sends a tampered package; then the
+FedAvg baseline on the same nodes. No process of the run outlives it."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 
 from aggregator.run import train_simulation
-from hospital_node.client_app import build_client_app
 from medidd.federation import FederationConfig, NodeSettings
 from medidd.federation import protocol as P
-from tests.deployment.evil_client import _tamper
+from medidd.model import load_model
 from tests.federation.conftest import SPEC, MakePackage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -40,28 +40,14 @@ def _nodes(make_package: MakePackage, patients: dict[str, Path], tmp: Path) -> l
             for i, site in enumerate("aba")]
 
 
-def _malicious(nodes: list[NodeSettings]) -> ClientApp:
-    """Partition 2 tampers with its package after the node's own checks."""
-    honest = build_client_app(nodes)
-    app = ClientApp()
-
-    @app.query("collect")
-    def collect(msg: Message, context: Context) -> Message:
-        reply = honest(msg, context)
-        return _tamper(reply) if context.node_config["partition-id"] == 2 else reply
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return honest(msg, context)
-
-    return app
-
-
 def test_distill_run_uses_good_packages_rejects_the_tampered_one_and_scores_every_node(
     make_package: MakePackage, patients_dirs: dict[str, Path], tmp_path: Path,
 ) -> None:
     nodes = _nodes(make_package, patients_dirs, tmp_path)
-    report = train_simulation(_config(nodes), tmp_path / "out", client_app=_malicious(nodes))
+    # partition 2 tampers with its package after the node's own checks
+    report = train_simulation(_config(nodes), tmp_path / "out",
+                              client_app="tests.federation.sim_evil_client:app",
+                              extra_env={"PYTHONPATH": str(ROOT)})
     by_name = {n.name: n for n in report.nodes}
     assert report.status == "ok", report.error
     assert by_name["site-0"].status == by_name["site-1"].status == "used"
@@ -72,6 +58,10 @@ def test_distill_run_uses_good_packages_rejects_the_tampered_one_and_scores_ever
     assert (tmp_path / "out" / "report.html").read_text().count("<tr>") >= 4
     received = {p.parent.name for p in (tmp_path / "out" / "received").rglob("*.npy")}
     assert received == {P.PACKAGE}  # arrays reached the server only inside packages
+    # the model is saved with what applying it needs, taken from the packages' manifests
+    _, card = load_model(tmp_path / "out", task="denoise", modality="CT")
+    assert (card.strategy, card.window, card.degradation) == ("distill", (-1000.0, 1000.0), SPEC)
+    assert card.image_size == 32 and card.network.width == 4
 
 
 def test_fedavg_baseline_reports_rounds_bytes_and_scores(
@@ -84,3 +74,5 @@ def test_fedavg_baseline_reports_rounds_bytes_and_scores(
     # 2 rounds down and up, plus the evaluate round down: every byte is weights or settings.
     assert report.bytes_down > report.bytes_up > 0
     assert "psnr" in report.metrics
+    _, card = load_model(tmp_path / "out")
+    assert card.strategy == "fedavg" and card.modality is None  # generic noise: either modality
