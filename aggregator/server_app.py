@@ -7,8 +7,9 @@ with the same net, then the same ``evaluate`` round. With ``audit.enabled``, a l
 ``query.audit`` round asks every node whose data trained the model to attack it with its own
 members / non-members (aggregates only, checked against an allow-list). Nodes that do not
 reply in time are reported missing and the run goes on with the others. The report (HTML +
-JSON) and the model weights are written atomically into the output folder, also when the run
-fails.
+JSON) is written atomically into the output folder, also when the run fails; the trained
+weights (``model.safetensors``) with their ``metadata.json`` (:mod:`medidd.model`: network,
+task, modality, window, degradation) before the ``evaluate`` round.
 
 The deployment app (``aggregator.server_app:app``) reads its configuration from the run
 config (``config-json``: the :class:`~medidd.federation.FederationConfig` as JSON;
@@ -19,6 +20,7 @@ config (``config-json``: the :class:`~medidd.federation.FederationConfig` as JSO
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import traceback
@@ -35,9 +37,11 @@ from aggregator.strategies import (
     fedavg_rounds,
 )
 from aggregator.wire import wait_for_nodes
-from medidd._atomic import atomic_write_bytes
+from medidd.config import config_key
 from medidd.federation.config import FederationConfig
+from medidd.federation.model_card import run_model_card
 from medidd.federation.report import RunLedger, RunReport, write_report
+from medidd.model import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, out: Path) -> RunReport:
     start = time.perf_counter()
     ledger = RunLedger(cfg.strategy, cfg.task, cfg.node_names())
     ledger.extra["net"] = cfg.train.net.model_dump(mode="json")
+    ledger.config_sha256 = hashlib.sha256(cfg.model_dump_json().encode("utf-8")).hexdigest()
     error = None
     try:
         want = max(cfg.min_nodes, len(cfg.node_names()))
@@ -59,15 +64,14 @@ def run_federation(grid: Grid, cfg: FederationConfig, out: Path) -> RunReport:
         if len(nodes) < cfg.min_nodes:
             raise FederationError(f"only {len(nodes)} nodes online after "
                                   f"{cfg.timeouts.wait_for_nodes_s:.0f} s; the run needs "
-                                  f"{cfg.min_nodes} (min_nodes)")
+                                  f"{cfg.min_nodes} ({config_key('min_nodes')})")
         if cfg.strategy == "distill":
             state, spec = collect_and_train(grid, nodes, cfg, ledger, out)
         else:
             state, spec = fedavg_rounds(grid, nodes, cfg, ledger, out)
         ledger.extra["degradation"] = spec
-        from safetensors.torch import save
-
-        atomic_write_bytes(out / "model.safetensors", save(state))
+        manifest = ledger.extra.pop("manifest", None)
+        save_model(state, run_model_card(cfg, spec, manifest), out)
         evaluate_round(grid, nodes, cfg, ledger, state, spec, out)
         if cfg.audit.enabled:
             audit_round(grid, nodes, cfg, ledger, state, spec, out)

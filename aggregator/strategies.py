@@ -7,8 +7,8 @@ and computation to ``medidd.federation``.
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +18,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
+from aggregator.collect import collect_packages, spool_dir
+from aggregator.collect import package_files as package_files  # where tests read replies
 from aggregator.wire import exchange, refusal
+from medidd.config import config_key
 from medidd.federation import protocol as P
 from medidd.federation.audit import check_audit_metrics
 from medidd.federation.config import FederationConfig
 from medidd.federation.fedavg import fedavg, state_problems
-from medidd.federation.policy import PackageVerdict, check_received_package
 from medidd.federation.report import RunLedger
 from medidd.federation.union import reconcile_degradation, train_on_union
+from medidd.seeds import derive
 
 logger = logging.getLogger(__name__)
 
@@ -36,53 +39,36 @@ class FederationError(RuntimeError):
     """The run cannot go on (no package accepted, too few nodes); the report says why."""
 
 
-def _settings_record(data: dict[str, Any]) -> ConfigRecord:
-    return ConfigRecord({P.SETTINGS_JSON: json.dumps(data)})
+def _settings_record(settings: P.RoundSettings) -> ConfigRecord:
+    """The round's settings as they cross the wire: their JSON in one ConfigRecord."""
+    return ConfigRecord({P.SETTINGS_JSON: settings.model_dump_json()})
 
 
 def _received_dir(cfg: FederationConfig, out: Path) -> Path | None:
     return out / "received" if cfg.record_received else None
 
 
-def _package_files(reply_content: RecordDict) -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-    arrays = reply_content.array_records.get(P.PACKAGE)
-    if arrays is not None:
-        for name, arr in arrays.items():
-            files[name] = arr.numpy().tobytes()
-    meta = reply_content.config_records.get(P.META)
-    text = meta.get(P.MANIFEST_KEY) if meta is not None else None
-    if isinstance(text, str):
-        files[P.MANIFEST_KEY] = text.encode("utf-8")
-    return files
-
-
 def collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
                       out: Path) -> tuple[State, dict[str, Any]]:
-    """``query.collect`` -> validate each package -> train on the union. Returns the trained
-    weights and the degradation spec used."""
-    replies = exchange(grid, ledger, nodes, P.COLLECT, lambda _: RecordDict(),
-                       timeout_s=cfg.timeouts.collect_s, round_name="collect",
-                       record_to=_received_dir(cfg, out))
-    kind = cfg.degradation.get("kind") if cfg.degradation else None
-    verdicts: dict[int, PackageVerdict] = {}
-    for node_id, reply in replies.items():
-        reason = refusal(reply)
-        if reason is not None:
-            ledger.set_status(node_id, "refused", [reason])
-            continue
-        try:
-            files = _package_files(reply.content)
-        except (ValueError, TypeError) as exc:
-            ledger.set_status(node_id, "rejected", [f"payload: not a package ({exc})"])
-            continue
-        verdicts[node_id] = check_received_package(files, cfg.policy, task=cfg.task,
-                                                   degradation_kind=kind)
+    """``query.collect`` (streamed shard by shard into the spool, each shard validated:
+    :mod:`aggregator.collect`) -> train on the union, read from disk -> the spool removed.
+    Returns the trained weights and the degradation spec used."""
+    try:
+        return _collect_and_train(grid, nodes, cfg, ledger, out)
+    finally:
+        shutil.rmtree(spool_dir(cfg, out), ignore_errors=True)
+
+
+def _collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                       out: Path) -> tuple[State, dict[str, Any]]:
+    verdicts = collect_packages(grid, nodes, cfg, ledger, out)
     spec = reconcile_degradation(list(verdicts.values()), cfg.degradation)
     for node_id, v in verdicts.items():
         node = ledger.node(node_id)
         node.package_bytes = v.n_bytes
         node.override = v.override
+        if v.manifest is not None:
+            node.package_audit = v.manifest.audit.status if v.manifest.audit else "not_run"
         if v.manifest is not None:
             node.n_images = v.manifest.n_images
         ledger.set_status(node_id, "used" if v.accepted else "rejected", v.reasons)
@@ -95,6 +81,10 @@ def collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledge
     ledger.n_train_images = union.n_images
     ledger.lq_source = union.lq_source
     state = {k: v.detach().cpu() for k, v in union.result.model.state_dict().items()}
+    # what the training images were (modality, window, size), for the model card; the server
+    # app takes it out of the ledger before the report is written
+    ledger.extra["manifest"] = next(v.manifest for v in verdicts.values()
+                                    if v.accepted and v.manifest is not None)
     return state, spec
 
 
@@ -115,20 +105,16 @@ def fedavg_rounds(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: R
     """FedAvg on the nodes' raw slices for ``cfg.fedavg.rounds`` rounds; a node that misses a
     round is dropped from the later ones (and reported missing)."""
     if cfg.degradation is None:
-        raise FederationError("strategy fedavg needs the run's degradation spec (config key "
-                              "'degradation', e.g. {kind: gaussian, sigma: 0.05})")
+        raise FederationError("strategy fedavg needs the run's degradation spec "
+                              f"({config_key('degradation')}, e.g. {{kind: gaussian, "
+                              "noise_sigma: 0.05})")
     state = _initial_state(cfg)
     active = list(nodes)
     t0 = time.perf_counter()
     for rnd in range(1, cfg.fedavg.rounds + 1):
-        settings = _settings_record({
-            "net": cfg.train.net.model_dump(mode="json"),
-            "train": cfg.train.model_dump(mode="json"),
-            "degradation": cfg.degradation,
-            "preprocess": cfg.preprocess.model_dump(mode="json"),
-            "local_steps": cfg.fedavg.local_steps,
-            "seed": cfg.train.seed + rnd,
-        })
+        settings = _settings_record(P.TrainSettings(
+            train=cfg.train, degradation=cfg.degradation, preprocess=cfg.preprocess,
+            local_steps=cfg.fedavg.local_steps, seed=derive(cfg.train.seed, "fedavg", rnd)))
         content = RecordDict({P.MODEL: ArrayRecord(state), P.SETTINGS: settings})
         replies = exchange(
             grid, ledger, active, P.TRAIN, _same(content),
@@ -162,14 +148,9 @@ def fedavg_rounds(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: R
 def evaluate_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
                    state: State, spec: dict[str, Any], out: Path) -> None:
     """Every node scores the model on its held-out real slices; aggregates go to the ledger."""
-    settings = _settings_record({
-        "net": cfg.train.net.model_dump(mode="json"),
-        "degradation": spec,
-        "preprocess": cfg.preprocess.model_dump(mode="json"),
-        "seed": cfg.eval.seed,
-        "batch_size": cfg.eval.batch_size,
-        "max_slices": cfg.eval.max_slices,
-    })
+    settings = _settings_record(P.EvaluateSettings(
+        net=cfg.train.net, degradation=spec, preprocess=cfg.preprocess, seed=cfg.eval.seed,
+        batch_size=cfg.eval.batch_size, max_slices=cfg.eval.max_slices))
     model = ArrayRecord(state)
     replies = exchange(grid, ledger, nodes, P.EVALUATE,
                        lambda _: RecordDict({P.MODEL: model, P.SETTINGS: settings}),
@@ -197,15 +178,10 @@ def audit_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: Run
         ledger.set_audit(node_id, note="not audited: its data did not train the model")
     if not trained:
         return
-    settings = _settings_record({
-        "strategy": cfg.strategy,
-        "net": cfg.train.net.model_dump(mode="json"),
-        "degradation": spec,
-        "preprocess": cfg.preprocess.model_dump(mode="json"),
-        "seed": cfg.audit.seed,
-        "n_boot": cfg.audit.n_boot,
-        "max_slices_per_patient": cfg.audit.max_slices_per_patient,
-    })
+    settings = _settings_record(P.AuditSettings(
+        strategy=cfg.strategy, net=cfg.train.net, degradation=spec, preprocess=cfg.preprocess,
+        seed=cfg.audit.seed, n_boot=cfg.audit.n_boot,
+        max_slices_per_patient=cfg.audit.max_slices_per_patient))
     model = ArrayRecord(state)
     replies = exchange(grid, ledger, trained, P.AUDIT,
                        lambda _: RecordDict({P.MODEL: model, P.SETTINGS: settings}),

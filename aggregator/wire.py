@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from medidd._atomic import atomic_write_bytes, atomic_write_text
+from medidd.atomic import atomic_write_bytes, atomic_write_text
 from medidd.federation import protocol as P
 from medidd.federation.report import RunLedger
 

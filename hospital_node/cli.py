@@ -8,17 +8,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hospital_node._console import console, fail, medidd_home, out, progress_bar, setup_logging
+from hospital_node._console import (
+    LookUpChoice,
+    cli_flags,
+    console,
+    fail,
+    markup_mode,
+    medidd_home,
+    node_flags,
+    out,
+    progress_bar,
+    setup_logging,
+)
+
+if TYPE_CHECKING:
+    from medidd.package.manifest import Manifest
+    from medidd.preprocess.pipeline import PreprocessConfig
 
 app = typer.Typer(
     name="medidd-node",
-    help="MediDD hospital node: inspect, distil, audit and serve distilled packages.",
+    help="MediDD hospital node: inspect, distil, audit and serve distilled packages, and "
+    "apply trained models to the site's scans.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=markup_mode(),
+)
+
+#: The distillation methods ``--method`` offers (checked against the registry of
+#: :mod:`medidd.distill` by tests/cli/test_cli_options.py; listed here so --help stays instant).
+DISTILL_METHODS: tuple[str, ...] = (
+    "spg_gm", "prior_only", "pixel_gm", "dc_real", "dc_noise", "dm", "idc", "tripled",
+    "random", "herding", "kcenter", "full",
 )
 
 Patients = Annotated[
@@ -26,7 +50,40 @@ Patients = Annotated[
     typer.Option("--patients", "-p", help="folder with one sub-folder (or file set) per patient"),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-Modality = Annotated[str | None, typer.Option(help="keep only CT or MR")]
+Modality = Annotated[
+    str | None,
+    typer.Option(click_type=LookUpChoice(("CT", "MR"), what="modality", fold_case=True),
+                 help="keep only this modality"),
+]
+Allow2D = Annotated[
+    bool, typer.Option("--allow-2d", help="accept a single axial 2D image as a one-slice volume")
+]
+SaltFile = Annotated[Path | None, typer.Option(help="site salt (default ~/.medidd/salt)")]
+Cache = Annotated[
+    Path | None, typer.Option(help="preprocessing cache folder (default ~/.medidd/cache)")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        import medidd
+
+        out.print(f"medidd-node {medidd.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = None,
+) -> None:
+    """The version option (commands are below)."""
+
+
+def _modality(value: str | None) -> str | None:
+    return value.upper() if value is not None else None
 
 
 def _salt(salt_file: Path | None) -> bytes:
@@ -50,21 +107,23 @@ def inspect(
     patients: Patients,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     modality: Modality = None,
-    salt_file: Annotated[
-        Path | None, typer.Option(help="site salt (default ~/.medidd/salt)")
-    ] = None,
+    allow_2d: Allow2D = False,
+    salt_file: SaltFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Show what was found per patient and everything skipped, with the reason.
 
-    Exit code 1 when no usable patient remains.
+    The "source" column (which folder or file a pseudonym came from) is for the site operator
+    only: it may name patients, and it never leaves the site. Exit code 1 when no usable
+    patient remains.
     """
     from medidd.io.discover import ingest, summarise_cohort
     from medidd.io.options import IngestOptions
+    from medidd.preprocess.cohort import series_sources
 
     setup_logging(True)
     try:
-        options = IngestOptions(modality=modality)
+        options = IngestOptions(modality=_modality(modality), allow_2d=allow_2d)
     except ValueError as exc:
         raise fail(str(exc)) from None
     with progress_bar(quiet or as_json) as bar:
@@ -78,8 +137,11 @@ def inspect(
         except FileNotFoundError as exc:
             raise fail(str(exc)) from None
     rows = summarise_cohort(report.cohort)
-    volumes = [r for r in rows if "source" not in r]
-    skipped = [r for r in rows if "source" in r]
+    sources = series_sources(report)
+    volumes = [{**r, "source": sources.get(str(r["series"]), "")} for r in rows
+               if r.get("kind") == "volume"]
+    skipped = [{**r, "reason": cli_flags(str(r["reason"]))} for r in rows
+               if r.get("kind") != "volume"]
     usable = len(report.cohort.usable_patients)
     if as_json:
         out.print_json(
@@ -120,9 +182,17 @@ def inspect(
                 _num(r.get("max")),
             )
         out.print(t)
+        if volumes:
+            src = Table(title="where each series came from (local only: never shared)")
+            src.add_column("patient", no_wrap=True)
+            src.add_column("series", no_wrap=True)
+            src.add_column("source", overflow="fold")
+            for r in volumes:
+                src.add_row(str(r.get("patient", "")), str(r.get("series", "")), r["source"])
+            out.print(src)
         if skipped:
             s = Table(title=f"skipped ({len(skipped)})")
-            s.add_column("source")
+            s.add_column("source", overflow="fold")  # the whole file name, wrapped
             s.add_column("reason")
             for r in skipped:
                 s.add_row(str(r["source"]), str(r["reason"]))
@@ -130,7 +200,11 @@ def inspect(
         for note in report.notes:
             out.print(f"note: {note}")
     if usable == 0:
-        raise typer.Exit(1)
+        raise fail(
+            f"no usable patient in {patients}: no CT/MR image series or volume was found "
+            "(every input is listed as skipped, with the reason)",
+            code=1,
+        )
 
 
 @app.command("sample-data")
@@ -139,13 +213,29 @@ def sample_data(
     samples: Annotated[Path, typer.Option(help="folder from fetch_real_samples.sh")] = Path(
         "data/samples"
     ),
-    modality: Annotated[str, typer.Option(help="CT, MR or both")] = "both",
+    modality: Annotated[
+        str,
+        typer.Option(click_type=LookUpChoice(("CT", "MR", "both"), what="modality",
+                                             fold_case=True), help="which modality"),
+    ] = "both",
+    region: Annotated[
+        str,
+        typer.Option(click_type=LookUpChoice(("head", "body", "all"), what="region"),
+                     help="which body region"),
+    ] = "all",
+    sample: Annotated[
+        list[str] | None, typer.Option(help="only this sample, e.g. lung1 (repeatable)")
+    ] = None,
     compress: Annotated[bool, typer.Option(help="JPEG 2000 lossless pixel data")] = False,
     overwrite: bool = False,
 ) -> None:
-    """Turn the fetched real CT/MR volumes into one DICOM series per patient."""
-    from medidd.io.sample_data import make_sample_patients
+    """Write the fetched real cohort as a patients tree, one folder per patient.
 
+    Prints the patient folders; the folder name keeps the sample's name (CT-06-head_ct1).
+    """
+    from medidd.io.sample_data import make_sample_patients, sample_region
+
+    setup_logging(True)
     if not (samples / "ct").is_dir():
         raise fail(
             f"{samples} has no ct/ folder: fetch the samples first with "
@@ -153,45 +243,89 @@ def sample_data(
         )
     try:
         written = make_sample_patients(
-            samples, out_dir, modality=modality, compress=compress, overwrite=overwrite
+            samples,
+            out_dir,
+            modality=modality,
+            region=region,
+            names=sample,
+            compress=compress,
+            overwrite=overwrite,
         )
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     for p in written:
         out.print(str(p))
+    counts: dict[str, int] = {}
+    for p in written:
+        kind = f"{p.name[:2]} {sample_region(p.name)}"
+        counts[kind] = counts.get(kind, 0) + 1
+    console.print(
+        f"wrote {len(written)} patients under {out_dir}: "
+        + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    )
 
 
 @app.command()
 def distill(
     patients: Patients,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="package folder to write")],
-    task: Annotated[str | None, typer.Option(help="denoise or sr")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(click_type=LookUpChoice(("denoise", "sr"), what="task"),
+                     help="the enhancement task"),
+    ] = None,
     ipc: Annotated[int | None, typer.Option(help="distilled images per patient")] = None,
-    method: Annotated[str | None, typer.Option(help="distillation method")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(click_type=LookUpChoice(DISTILL_METHODS, what="distillation method"),
+                     help="distillation method (default spg_gm)"),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, key.sub=value")] = None,
     modality: Modality = None,
     overwrite: Annotated[bool, typer.Option(help="replace a different package at --out")] = False,
-    cache: Annotated[Path | None, typer.Option(help="preprocessing cache folder")] = None,
-    salt_file: Annotated[
-        Path | None, typer.Option(help="site salt (default ~/.medidd/salt)")
-    ] = None,
+    allow_2d: Allow2D = False,
+    cache: Cache = None,
+    salt_file: SaltFile = None,
     quiet: Quiet = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="patients distilled in parallel by this many worker "
+                     "processes (more than the CPU cores: clamped, with a warning); with "
+                     "--ray: at most this many patients at once (1 = the cluster's CPUs)"),
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="distil the patients on a Ray cluster: its address "
+                     "(HOST:PORT, ray://HOST:PORT) or 'auto' (the cluster on this machine)"),
+    ] = None,
+    float16: Annotated[
+        bool,
+        typer.Option("--float16", help="store the images as float16: half the bytes on disk "
+                     "and on the wire (rounding at most 2.4e-4 in [0, 1])"),
+    ] = False,
 ) -> None:
     """Distil every patient into a package of synthetic HQ/LQ pairs (resumable)."""
     from medidd.config import ConfigError, load_config
     from medidd.distill.config import DistillConfig
+    from medidd.distill.engines import PatientEngine, PatientEvent
     from medidd.distill.run import DistillError, distill_site
     from medidd.io.options import IngestOptions
     from medidd.package import PackageError
     from medidd.preprocess.cohort import prepare_patients
 
     setup_logging(quiet)
+    engine: PatientEngine | None = None
+    if ray is not None:
+        from medidd.distill.ray_engine import RayEngine
+
+        engine = RayEngine(ray, max_in_flight=workers if workers > 1 else None)
     overrides = list(set_ or [])
-    overrides += [f"{k}={v}" for k, v in (("task", task), ("ipc", ipc), ("method", method)) if v]
+    chosen = (("task", task), ("ipc", ipc), ("method", method))
+    overrides += [f"{k}={v}" for k, v in chosen if v]
     try:
         cfg = load_config(DistillConfig, config, overrides)
-        options = IngestOptions(modality=modality)
+        options = IngestOptions(modality=_modality(modality), allow_2d=allow_2d)
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
     with progress_bar(quiet) as bar:
@@ -213,19 +347,28 @@ def distill(
             + (" (cache)" if prep.cache_hit else ""),
         )
         for s in prep.skipped:
-            console.print(f"[yellow]skipped[/] {s.source}: {s.reason}")
+            console.print(f"[yellow]skipped[/] {s.source}: {cli_flags(s.reason)}")
         t_pat = bar.add_task("patients", total=len(prep.slices), info="")
         t_step = bar.add_task("  matching", total=None, info="")
+
+        def on_event(e: PatientEvent) -> None:
+            bar.update(t_pat, completed=e.done, info=f"{e.kind} {e.key} {e.where}".rstrip())
+            if e.kind in ("retry", "failed"):
+                console.print(f"[yellow]patient {e.key}[/]: {e.kind} ({e.error})")
+
         try:
             result = distill_site(
                 prep.slices,
                 cfg,
                 out_dir,
                 overwrite=overwrite,
-                on_patient=lambda i, n, key: bar.update(t_pat, completed=i, info=key),
                 on_step=lambda s, n, loss: bar.update(
                     t_step, completed=s, total=n, info=f"loss {loss:.4f}"
                 ),
+                workers=workers,
+                engine=engine,
+                on_event=on_event,
+                dtype_on_disk="float16" if float16 else "float32",
             )
         except (DistillError, FileExistsError, PackageError, ValueError) as exc:
             raise fail(str(exc)) from None
@@ -236,25 +379,115 @@ def distill(
         f"wrote {result.package}: {result.n_patients} patients x {cfg.ipc} pairs, method "
         f"{cfg.method}, {mean_s:.1f} s/patient"
         + (f", {len(result.resumed)} resumed from checkpoints" if result.resumed else "")
+        + (f", {len(result.retried)} redone after a worker died" if result.retried else "")
     )
 
 
 @app.command()
 def export(
     package: Annotated[Path, typer.Option("--package", help="package folder or .zip")],
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for the NIfTI files")],
-    nifti: Annotated[
-        bool, typer.Option("--nifti", help="export as NIfTI (the only format)")
-    ] = True,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the NIfTI files")],
+    patients: Annotated[
+        Path | None,
+        typer.Option("--patients", "-p", help="the patients the package was distilled from: "
+                     "gives each stack its real in-plane pixel size (else 1 mm nominal)"),
+    ] = None,
+    normalised: Annotated[
+        bool, typer.Option(help="keep the package's [0, 1] values instead of HU")
+    ] = False,
+    modality: Modality = None,
+    salt_file: SaltFile = None,
 ) -> None:
-    """Export a package's HQ/LQ stacks as NIfTI per patient, for viewing."""
-    from medidd.package import PackageError, export_nifti
+    """Export a package's HQ/LQ stacks as NIfTI per patient (HU for CT), for viewing."""
+    from medidd.package import PackageError, export_nifti, read_package
 
+    setup_logging(True)
     try:
-        for p in export_nifti(package, out_dir):
+        pixel_mm = None
+        if patients is not None:
+            from medidd.enhance.apply import model_pixel_mm
+            from medidd.io.discover import ingest
+            from medidd.io.options import IngestOptions
+
+            manifest = read_package(package).manifest
+            pre = _package_preprocess(manifest)
+            options = IngestOptions(modality=_modality(modality) or manifest.modality)
+            cohort = ingest(patients, _salt(salt_file), options).cohort
+            pixel_mm = {p.key: model_pixel_mm(max(p.volumes, key=lambda v: v.n_slices), pre)
+                        for p in cohort.usable_patients}
+        for p in export_nifti(package, out_dir, native=not normalised, pixel_mm=pixel_mm):
             out.print(str(p))
-    except (PackageError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    except (PackageError, FileNotFoundError, ValueError) as exc:
+        raise fail(cli_flags(str(exc))) from None
+
+
+def _package_preprocess(manifest: Manifest) -> PreprocessConfig:
+    from hospital_node.audit_cli import _preprocess_config
+
+    pre: PreprocessConfig = _preprocess_config(manifest)
+    return pre
+
+
+@app.command()
+def enhance(
+    model: Annotated[
+        Path,
+        typer.Option("--model", "-m", help="model.safetensors (metadata.json beside it) or its "
+                     "folder, as the aggregator wrote it"),
+    ],
+    patients: Patients,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder (new or empty)")],
+    modality: Modality = None,
+    dicom: Annotated[
+        bool, typer.Option(help="also write a derived DICOM series for DICOM input")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="replace a different result at --out")] = False,
+    allow_2d: Allow2D = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="slices per forward pass")] = 8,
+    salt_file: SaltFile = None,
+    quiet: Quiet = False,
+) -> None:
+    """Apply a trained model to real DICOM or NIfTI patients: NIfTI in HU (CT) on the input's
+    own grid, plus a derived DICOM series (new UIDs, ImageType DERIVED) for DICOM input."""
+    from medidd.enhance import EnhanceError, enhance_patients
+    from medidd.io.options import IngestOptions
+    from medidd.model import ModelError
+
+    setup_logging(quiet)
+    try:
+        options = IngestOptions(modality=_modality(modality), allow_2d=allow_2d)
+    except ValueError as exc:
+        raise fail(cli_flags(str(exc))) from None
+    with progress_bar(quiet) as bar:
+        t_vol = bar.add_task("series", total=None, info="")
+        t_sl = bar.add_task("  slices", total=None, info="")
+        try:
+            result = enhance_patients(
+                model,
+                patients,
+                out_dir,
+                salt=_salt(salt_file),
+                options=options,
+                dicom=dicom,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                on_volume=lambda i, n, label: bar.update(t_vol, completed=i, total=n,
+                                                         info=label),
+                on_slices=lambda d, n: bar.update(t_sl, completed=d, total=n),
+            )
+        except (ModelError, EnhanceError, FileNotFoundError) as exc:
+            raise fail(cli_flags(str(exc))) from None
+    for item in result.skipped:
+        console.print(f"[yellow]skipped[/] {item.source}: {cli_flags(item.reason)}")
+    if result.unchanged:
+        out.print(f"{out_dir} already holds this result (same model, same input): unchanged")
+    for s in result.series:
+        lo, hi = s.output_range
+        n_dcm = sum(f.endswith(".dcm") for f in s.files)
+        out.print(f"{s.patient}: {s.files[0]}" + (f" + {n_dcm} DICOM files" if n_dcm else "")
+                  + f", {s.n_slices} slices, output {lo:.0f} to {hi:.0f}"
+                  + (f" (no DICOM: {s.dicom_note})" if s.dicom_note else ""))
+    console.print(f"enhanced {len(result.series)} series into {out_dir}")
 
 
 @app.command("serve")
@@ -268,15 +501,17 @@ def serve_cmd(
     insecure: Annotated[bool, typer.Option(help="no TLS (local testing only)")] = False,
     auth_key: Annotated[Path | None, typer.Option(help="SuperNode private key")] = None,
     port: Annotated[int, typer.Option(help="ClientAppIo port of this SuperNode")] = 9094,
-    salt_file: Annotated[Path | None, typer.Option(help="site salt")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="preprocessing cache")] = None,
+    salt_file: SaltFile = None,
+    cache: Cache = None,
     override_audit_by: Annotated[
         str | None, typer.Option(help="who overrides a failed audit")
     ] = None,
     override_audit_reason: Annotated[str | None, typer.Option(help="why (recorded)")] = None,
 ) -> None:
-    """Run a Flower SuperNode that serves this package (only if its audit passed)."""
+    """Run a Flower SuperNode that serves this package (only if its audit passed, or an
+    override is recorded with --override-audit-by and --override-audit-reason)."""
     from hospital_node.serve import node_settings, serve
+    from medidd.config import ConfigError
     from medidd.federation.node import NodeRefusal
 
     try:
@@ -286,7 +521,7 @@ def serve_cmd(
             patients=patients,
             holdout=holdout,
             salt_file=salt_file,
-            cache_dir=cache_dir,
+            cache_dir=cache,
             override_audit=override_audit_by is not None,
         )
         code = serve(
@@ -299,8 +534,8 @@ def serve_cmd(
             override_by=override_audit_by,
             override_reason=override_audit_reason,
         )
-    except (NodeRefusal, ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+    except (NodeRefusal, ConfigError, ValueError, FileNotFoundError) as exc:
+        raise fail(node_flags(str(exc))) from None
     raise typer.Exit(code)
 
 

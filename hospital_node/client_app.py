@@ -2,17 +2,24 @@
 patients, and (FedAvg baseline) train locally. A thin translator over ``medidd.federation``.
 
 Node settings (package, patients, override) come from the node's own config
-(``flower-supernode --node-config 'package="..." patients="..."'``) or, in the simulation, from
-the node table the simulation was started with; never from the server's messages.
+(``flower-supernode --node-config 'package="..." patients="..."'``: ``app``) or, in the
+simulation, from the node table of the run's federation config (``simulation_app``, by
+partition id); never from the server's messages.
 
 Message types (see :mod:`medidd.federation.protocol`):
 
-- ``query.collect`` -> the package files + manifest, or a refusal with one line of reason;
+- ``query.collect`` -> the shard of the package the aggregator names (shard 0 with the
+  manifest; a package with one file per array is one shard), or a refusal with one line
+  of reason;
 - ``evaluate`` (model weights + settings) -> aggregate PSNR/SSIM on held-out real slices;
 - ``train`` (weights + settings) -> locally trained weights + number of examples;
 - ``query.audit`` (weights + settings) -> aggregates of a membership attack on the model with
   the node's members (its package's patients) and non-members (held-out patients), or a
   refusal saying why the node cannot audit.
+
+Each handler parses the round's settings once (:func:`medidd.federation.protocol.parse_settings`;
+bad settings are refused with every bad field named), calls one function of
+:mod:`medidd.federation.site` and wraps its result in a reply.
 
 Run it with ``flower-supernode`` (``medidd-node serve`` does that) and ``flwr run``, or in the
 simulation (``medidd-aggregate train``).
@@ -20,35 +27,25 @@ simulation (``medidd-aggregate train``).
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from medidd.federation import protocol as P
-from medidd.federation.audit import membership_split, node_audit
-from medidd.federation.local import (
-    degradation_fn,
-    load_patients,
-    score_state,
-    split_local,
-    stack_slices,
-    train_local,
-)
-from medidd.federation.node import NodeRefusal, NodeSettings, package_to_serve
-from medidd.nets import NetConfig
-from medidd.package import Manifest
-from medidd.package._source import load_files
-from medidd.package.validate import parse_manifest
-from medidd.preprocess.pipeline import PreprocessConfig
-from medidd.train import TrainConfig
+from medidd.federation.node import NodeRefusal, NodeSettings, shard_to_serve
+from medidd.federation.site import audit_at_site, score_at_site, train_at_site
 
 logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=P.RoundSettings)
+
+#: Errors of a round's computation: the node replies with their type only (details in its log).
+FAILURES = (ValueError, KeyError, RuntimeError, ImportError, FloatingPointError)
 
 
 def _settings(context: Context, simulated: Sequence[NodeSettings] | None) -> NodeSettings:
@@ -62,95 +59,72 @@ def _refusal(msg: Message, name: str, reason: str) -> Message:
     return Message(RecordDict({P.META: meta}), reply_to=msg)
 
 
-def _round_settings(msg: Message) -> dict[str, Any]:
-    return dict(json.loads(str(msg.content[P.SETTINGS][P.SETTINGS_JSON])))
+def _round_settings(msg: Message, model: type[S]) -> S:
+    record = msg.content.config_records.get(P.SETTINGS)
+    return P.parse_settings(model, record.get(P.SETTINGS_JSON) if record is not None else None)
 
 
-def _package_manifest(settings: NodeSettings) -> Manifest | None:
-    if settings.package is None:
-        return None
-    files, _ = load_files(Path(settings.package), settings.max_package_bytes)
-    if not files or P.MANIFEST_KEY not in files:
-        return None
-    manifest, _ = parse_manifest(files[P.MANIFEST_KEY])
-    return manifest
+def _weights(msg: Message) -> dict[str, torch.Tensor]:
+    return msg.content.array_records[P.MODEL].to_torch_state_dict()
 
 
-def _patients(settings: NodeSettings, preprocess: PreprocessConfig) -> tuple[Any, Any]:
-    if settings.patients is None and settings.holdout is None:
-        raise NodeRefusal(f"node {settings.name} has no patients configured (node config keys "
-                          "'patients' / 'holdout')")
-    patients = load_patients(settings.patients, preprocess, settings) if settings.patients \
-        else []
-    holdout = load_patients(settings.holdout, preprocess, settings) if settings.holdout \
-        else None
-    return patients, holdout
+def _metrics_reply(msg: Message, name: str, metrics: dict[str, float]) -> Message:
+    return Message(RecordDict({P.METRICS: MetricRecord(dict(metrics.items())),
+                               P.META: ConfigRecord({P.NODE_NAME: name})}), reply_to=msg)
 
 
-def _local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> Any:
-    # the package's patients are members: held-out = the others
-    manifest = _package_manifest(settings)
-    patients, holdout = _patients(settings, preprocess)
-    return split_local(patients, holdout, manifest)
+def _shard_index(msg: Message) -> int:
+    record = msg.content.config_records.get(P.SHARD)
+    value = record.get(P.SHARD_INDEX, 0) if record is not None else 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NodeRefusal(f"bad shard request: {P.SHARD_INDEX} must be an integer")
+    return value
 
 
 def collect(msg: Message, settings: NodeSettings) -> Message:
-    """Reply with the package files and manifest, or refuse (failed audit, invalid package)."""
+    """Reply with the requested shard of the package (shard 0 with the manifest; a package
+    with one file per array is one shard), or refuse (failed audit, invalid package)."""
     try:
-        served = package_to_serve(settings)
+        served = shard_to_serve(settings, _shard_index(msg))
     except NodeRefusal as exc:
         logger.warning("refusing to serve the package: %s", exc)
         return _refusal(msg, settings.name, str(exc))
     arrays = ArrayRecord()
     for name, data in served.files.items():
-        if name != P.MANIFEST_KEY:
-            arrays[name] = Array(np.frombuffer(data, dtype=np.uint8).copy())
-    meta = ConfigRecord({P.NODE_NAME: settings.name,
-                         P.MANIFEST_KEY: served.files[P.MANIFEST_KEY].decode("ascii")})
-    logger.info("serving a package of %d images (%d bytes)", served.manifest.n_images,
-                served.n_bytes)
+        arrays[name] = Array(np.frombuffer(data, dtype=np.uint8).copy())
+    meta = ConfigRecord({P.NODE_NAME: settings.name, P.SHARD_INDEX: served.index,
+                         P.N_SHARDS: served.n_shards})
+    if served.manifest_bytes is not None:
+        meta[P.MANIFEST_KEY] = served.manifest_bytes.decode("ascii")
+    logger.info("serving shard %d of %d of the package (%d bytes)", served.index + 1,
+                served.n_shards, served.n_bytes)
     return Message(RecordDict({P.PACKAGE: arrays, P.META: meta}), reply_to=msg)
 
 
 def evaluate(msg: Message, settings: NodeSettings) -> Message:
     """Score the received model on the node's held-out real slices; aggregates only."""
     try:
-        rs = _round_settings(msg)
-        preprocess = PreprocessConfig.model_validate(rs["preprocess"])
-        data = _local_data(settings, preprocess)
-        hq = stack_slices(data.holdout, rs.get("max_slices"))
-        degrade = degradation_fn(rs["degradation"], data.holdout[0].window)
-        state = msg.content.array_records[P.MODEL].to_torch_state_dict()
-        metrics = score_state(NetConfig.model_validate(rs["net"]), state, hq, degrade,
-                              seed=int(rs["seed"]), batch_size=int(rs["batch_size"]))
-    except NodeRefusal as exc:
+        metrics = score_at_site(settings, _weights(msg),
+                                _round_settings(msg, P.EvaluateSettings))
+    except (NodeRefusal, P.SettingsError) as exc:
+        logger.warning("not evaluating: %s", exc)
         return _refusal(msg, settings.name, str(exc))
-    except (ValueError, KeyError, RuntimeError, ImportError) as exc:
+    except FAILURES as exc:
         logger.exception("evaluation failed")
         return _refusal(msg, settings.name, f"evaluation failed ({type(exc).__name__}); see "
                         "the node's log")
-    metrics |= {"n_patients": float(len(data.holdout)), "held_out": float(data.disjoint)}
-    record = MetricRecord({k: float(metrics[k]) for k in P.EVAL_METRICS if k in metrics})
-    meta = ConfigRecord({P.NODE_NAME: settings.name})
-    return Message(RecordDict({P.METRICS: record, P.META: meta}), reply_to=msg)
+    return _metrics_reply(msg, settings.name, metrics)
 
 
 def train(msg: Message, settings: NodeSettings) -> Message:
     """FedAvg baseline: train the received weights on the node's raw slices for the round's
     local steps; reply with the new weights and the number of examples."""
     try:
-        rs = _round_settings(msg)
-        preprocess = PreprocessConfig.model_validate(rs["preprocess"])
-        data = _local_data(settings, preprocess)
-        hq = stack_slices(data.train)
-        degrade = degradation_fn(rs["degradation"], data.train[0].window)
-        cfg = TrainConfig.model_validate(rs["train"])
-        state = msg.content.array_records[P.MODEL].to_torch_state_dict()
-        new, n = train_local(cfg, state, hq, degrade, steps=int(rs["local_steps"]),
-                             seed=int(rs["seed"]))
-    except NodeRefusal as exc:
+        new, n = train_at_site(settings, _weights(msg), _round_settings(msg, P.TrainSettings))
+    except (NodeRefusal, P.SettingsError) as exc:
+        logger.warning("not training: %s", exc)
         return _refusal(msg, settings.name, str(exc))
-    except (ValueError, KeyError, RuntimeError, ImportError, FloatingPointError) as exc:
+    except FAILURES as exc:
         logger.exception("local training failed")
         return _refusal(msg, settings.name, f"local training failed ({type(exc).__name__}); "
                         "see the node's log")
@@ -166,51 +140,68 @@ def audit(msg: Message, settings: NodeSettings) -> Message:
     """Membership attack on the received model with the node's own members / non-members;
     replies the aggregates of :data:`~medidd.federation.protocol.AUDIT_METRICS` only."""
     try:
-        rs = _round_settings(msg)
-        preprocess = PreprocessConfig.model_validate(rs["preprocess"])
-        patients, holdout = _patients(settings, preprocess)
-        members, nonmembers = membership_split(settings.name, patients, holdout,
-                                               _package_manifest(settings), rs["strategy"])
-        state = msg.content.array_records[P.MODEL].to_torch_state_dict()
-        metrics = node_audit(NetConfig.model_validate(rs["net"]), state, members, nonmembers,
-                             rs["degradation"], seed=int(rs["seed"]), n_boot=int(rs["n_boot"]),
-                             max_slices_per_patient=rs.get("max_slices_per_patient"))
-    except NodeRefusal as exc:
+        metrics = audit_at_site(settings, _weights(msg), _round_settings(msg, P.AuditSettings))
+    except (NodeRefusal, P.SettingsError) as exc:
         logger.warning("not auditing: %s", exc)
         return _refusal(msg, settings.name, str(exc))
-    except (ValueError, KeyError, RuntimeError, ImportError) as exc:
+    except FAILURES as exc:
         logger.exception("membership audit failed")
         return _refusal(msg, settings.name, f"membership audit failed ({type(exc).__name__}); "
                         "see the node's log")
-    record = MetricRecord({k: float(metrics[k]) for k in P.AUDIT_METRICS if k in metrics})
-    meta = ConfigRecord({P.NODE_NAME: settings.name})
-    return Message(RecordDict({P.METRICS: record, P.META: meta}), reply_to=msg)
+    return _metrics_reply(msg, settings.name, metrics)
 
 
-def build_client_app(simulated: Sequence[NodeSettings] | None = None) -> ClientApp:
-    """The ClientApp; ``simulated`` maps the simulation's partition ids to node settings
-    (``None``: read them from each SuperNode's ``--node-config``)."""
+def _client_app(settings_of: Callable[[Context], NodeSettings]) -> ClientApp:
     client = ClientApp()
-    table = list(simulated) if simulated is not None else None
 
     @client.query("collect")
     def _collect(msg: Message, context: Context) -> Message:
-        return collect(msg, _settings(context, table))
+        return collect(msg, settings_of(context))
 
     @client.query("audit")
     def _audit(msg: Message, context: Context) -> Message:
-        return audit(msg, _settings(context, table))
+        return audit(msg, settings_of(context))
 
     @client.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        return evaluate(msg, _settings(context, table))
+        return evaluate(msg, settings_of(context))
 
     @client.train()
     def _train(msg: Message, context: Context) -> Message:
-        return train(msg, _settings(context, table))
+        return train(msg, settings_of(context))
 
     return client
 
 
+def build_client_app(simulated: Sequence[NodeSettings] | None = None) -> ClientApp:
+    """The ClientApp; ``simulated`` maps partition ids to node settings (``None``: read them
+    from each SuperNode's ``--node-config``)."""
+    table = list(simulated) if simulated is not None else None
+    return _client_app(lambda context: _settings(context, table))
+
+
 #: The deployment ClientApp (``hospital_node.client_app:app``).
 app = build_client_app()
+
+#: The run-config key of the federation config (as JSON), shared with ``aggregator.run``.
+SIMULATION_CONFIG_KEY = "config-json"
+
+
+def simulated_settings(context: Context) -> NodeSettings:
+    """A virtual SuperNode's settings: ``nodes[partition-id]`` of the run's federation config
+    (the simulation only: one machine plays every hospital)."""
+    from medidd.federation.config import FederationConfig
+
+    cfg = FederationConfig.model_validate_json(str(context.run_config[SIMULATION_CONFIG_KEY]))
+    return cfg.nodes[int(context.node_config["partition-id"])]
+
+
+def build_simulation_app() -> ClientApp:
+    """The ClientApp of Flower's simulation runtime (``flwr run`` on a SuperLink started with
+    ``--simulation``), settings from :func:`simulated_settings`. Never used by a real
+    SuperNode, whose settings come only from its own ``--node-config``."""
+    return _client_app(simulated_settings)
+
+
+#: The simulation ClientApp (``hospital_node.client_app:simulation_app``).
+simulation_app = build_simulation_app()

@@ -1,39 +1,58 @@
 """Distil a whole site: prior, every patient (resumable), and the package that may leave.
 
-Per patient the seed is derived from the run seed and the patient's pseudonymous key, so the
-result does not depend on the order of patients or on interruptions: each finished patient is
-check-pointed (atomically) under ``<out>.ckpt/<config hash>/``; a rerun after a crash or a
-``kill -9`` reuses the finished ones and produces the same package as an uninterrupted run.
-The package itself is written atomically by :func:`medidd.package.write_package`.
+Per patient the seed is ``derive(run seed, patient key)`` (:func:`medidd.seeds.derive`), so
+the result does not depend on the order of patients or on interruptions: each finished patient
+is check-pointed (atomically) under ``.<out>.ckpt/<config hash>-<prior hash>/`` (or a
+``checkpoints`` folder the caller keeps, e.g. a benchmark sharing patients across folds); a
+rerun after a crash or a ``kill -9`` reuses the finished ones and produces the same package as
+an uninterrupted run. The package itself is written atomically by
+:func:`medidd.package.write_package`.
+
+Patients run in this process (``workers=1``), in a pool of worker processes (``workers=N``)
+or on any other :class:`~medidd.distill.engines.PatientEngine` (a Ray cluster:
+:class:`~medidd.distill.ray_engine.RayEngine`); every engine runs the same per-patient
+function (:class:`~medidd.distill.patient.PatientDistiller`) and hands each result back
+here, where its checkpoint is written, so the package is the same whichever engine ran
+it (bit for bit with the same torch thread count per patient).
 
 Example:
-    >>> plan_seed(0, "p-00ab") == plan_seed(0, "p-00ab") != plan_seed(1, "p-00ab")
+    >>> from medidd.seeds import derive
+    >>> derive(0, "p-00ab") == derive(0, "p-00ab") != derive(1, "p-00ab")
     True
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import medidd
-from medidd._atomic import atomic_write_bytes
-from medidd.degrade.spec import DegradationSpec, build_degradation, default_spec
-from medidd.distill.base import DistillContext, Distilled, Progress, method_factory
+from medidd.atomic import atomic_write_bytes
+from medidd.degrade.spec import DegradationSpec, default_spec
+from medidd.distill.base import Distilled, Progress, method_factory
 from medidd.distill.config import DistillConfig
+from medidd.distill.engines import (
+    InProcessEngine,
+    OnEvent,
+    PatientEngine,
+    PatientEvent,
+    ProcessPoolEngine,
+    resolve_workers,
+)
+from medidd.distill.patient import PatientOutput, SiteSetup, prior_digest
 from medidd.package import config_hash, write_package
+from medidd.package.io import SHARD_BYTES
 from medidd.preprocess.slices import SliceSet
-from medidd.prior import build_prior
+from medidd.prior import Prior, build_prior
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +65,18 @@ class DistillError(ValueError):
 
 @dataclass
 class SiteResult:
-    """What :func:`distill_site` produced: the package path and per-patient timings."""
+    """What :func:`distill_site` produced: the package path, per-patient timings (seconds
+    of the patients computed in this run), the patients taken from checkpoints, those redone
+    after their worker died, and ``wall_s``, the seconds from the first patient to the
+    package."""
 
     package: Path
     n_patients: int
     seconds_per_patient: dict[str, float] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)
     info: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def plan_seed(seed: int, patient_key: str) -> int:
-    """A 31-bit seed for one patient, stable across runs, machines and patient order."""
-    digest = hashlib.sha256(f"{seed}:{patient_key}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    retried: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
 
 
 def resolve_degradation(cfg: DistillConfig, modality: str) -> DegradationSpec:
@@ -158,14 +169,59 @@ def distill_site(
     on_patient: PatientProgress | None = None,
     on_step: Progress | None = None,
     keep_checkpoints: bool = False,
+    prior: Prior | None = None,
+    checkpoints: Path | None = None,
+    workers: int = 1,
+    engine: PatientEngine | None = None,
+    on_event: OnEvent | None = None,
+    dtype_on_disk: str = "float32",
+    shard_bytes: int | None = SHARD_BYTES,
 ) -> SiteResult:
     """Distil every patient of ``cohort`` with ``cfg`` and write the package to ``out``.
 
+    Args:
+        cohort: the site's patients (one modality).
+        cfg: the distillation config.
+        out: the package folder.
+        overwrite: replace a different package at ``out``.
+        on_patient: called when a patient starts with (index in ``cohort``, total, key).
+        on_step: the method's per-step progress (patients run in this process only).
+        keep_checkpoints: keep the per-patient checkpoints after the package is written.
+        prior: a prior built beforehand (a shared prior, or one reused across runs); default:
+            built here from ``cfg.prior`` for methods that need one.
+        checkpoints: a folder for per-patient checkpoints that the caller owns (kept; keyed by
+            config and prior hash, so one folder serves many runs); default: beside ``out``,
+            removed after the package is written unless ``keep_checkpoints``.
+        workers: patients distilled in parallel by a pool of this many worker processes
+            (:class:`~medidd.distill.engines.ProcessPoolEngine`; more than the CPU cores
+            are clamped, with a warning); 1 runs them here, one after another.
+        engine: run the patients elsewhere (e.g. :class:`~medidd.distill.ray_engine.RayEngine`);
+            overrides ``workers``.
+        on_event: called with every :class:`~medidd.distill.engines.PatientEvent` (start,
+            resumed, done, retry, failed), in this process.
+        dtype_on_disk: ``"float32"`` or ``"float16"`` (half the bytes on disk and on the
+            wire; at most 2.4e-4 of rounding in [0, 1]).
+        shard_bytes: a package whose arrays are larger is split into shards of whole
+            patients of at most this many bytes per file (format version 2), which the
+            aggregator streams one by one; None writes one file per array.
+
     Raises :class:`DistillError` before any work when the site cannot be distilled, and
+    after the others are done (and check-pointed) when some patients failed, naming each;
     ``FileExistsError`` when ``out`` already holds a different package (``overwrite=True``
     replaces it). Nothing is written under ``out`` until the whole package is ready.
+
+    Example:
+        >>> distill_site([], DistillConfig(), Path("pkg"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        medidd.distill.run.DistillError: cannot distil this site:
+          no usable patient: ...
     """
     check_site(cohort, cfg)
+    try:
+        workers = resolve_workers(workers)
+    except ValueError as exc:
+        raise DistillError(str(exc)) from None
     out = Path(out)
     modality = cohort[0].modality
     spec = resolve_degradation(cfg, modality)
@@ -179,16 +235,11 @@ def distill_site(
                 f"{out} already holds a different package (another config or data); choose "
                 "another --out or pass --overwrite"
             )
-    device = resolve_device(cfg.device)
     window = cohort[0].window if modality == "CT" else (0.0, 1.0)
-    degrade = build_degradation(spec, window=window).to(device)
-    match_degrade = None
-    if cfg.matching.fast_degradation and spec.kind == "ct_lowdose" and not spec.image_domain:
-        fast = spec.model_copy(update={"image_domain": True})
-        match_degrade = build_degradation(fast, window=window).to(device)
     method = method_factory(cfg.method)(cfg)
-    prior = None
-    if method.needs_prior:
+    if not method.needs_prior:
+        prior = None
+    elif prior is None:
         prior = build_prior(
             cfg.prior.kind,
             cohort,
@@ -199,33 +250,15 @@ def distill_site(
             registered=cfg.prior.registered,
             registration_iterations=cfg.prior.registration_iterations,
         )
-    ckpt_dir = out.parent / f".{out.name}.ckpt" / chash[:16]
+    setup = SiteSetup(cfg, spec, window, prior)
+    own_ckpt = checkpoints is None
+    root = out.parent / f".{out.name}.ckpt" if checkpoints is None else Path(checkpoints)
+    ckpt_dir = root / f"{chash[:16]}-{prior_digest(prior)[:8]}"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     result = SiteResult(package=out, n_patients=len(cohort))
-    outputs: list[Distilled] = []
-    for i, real in enumerate(cohort):
-        if on_patient is not None:
-            on_patient(i, len(cohort), real.patient_key)
-        ckpt = ckpt_dir / f"{real.patient_key}.pt"
-        done = _load_ckpt(ckpt) if ckpt.is_file() else None
-        if done is not None:
-            result.resumed.append(real.patient_key)
-        else:
-            t0 = time.perf_counter()
-            ctx = DistillContext(
-                ipc=cfg.ipc,
-                degrade=degrade,
-                seed=plan_seed(cfg.seed, real.patient_key),
-                device=device,
-                prior=prior,
-                progress=on_step,
-                match_degrade=match_degrade,
-            )
-            done = method.distill(real, ctx)
-            result.seconds_per_patient[real.patient_key] = time.perf_counter() - t0
-            _save_ckpt(ckpt, done)
-        result.info[real.patient_key] = done.info
-        outputs.append(done)
+    t0 = time.perf_counter()
+    outputs = _run_patients(cohort, setup, ckpt_dir, result, on_patient, on_event,
+                            engine or _default_engine(workers, on_step))
     dp = dp_manifest(cfg, [d.info for d in outputs], prior_local=bool(prior and prior.local_data))
     hq = torch.cat([d.hq for d in outputs])
     lq = torch.cat([d.lq for d in outputs])
@@ -248,7 +281,66 @@ def distill_site(
         dp=dp,
         software_version=medidd.__version__,
         overwrite=overwrite,
+        dtype_on_disk=dtype_on_disk,
+        shard_bytes=shard_bytes,
     )
-    if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir.parent, ignore_errors=True)
+    result.wall_s = time.perf_counter() - t0
+    if own_ckpt and not keep_checkpoints:
+        shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _default_engine(workers: int, on_step: Progress | None) -> PatientEngine:
+    return InProcessEngine(on_step) if workers == 1 else ProcessPoolEngine(workers)
+
+
+def _run_patients(
+    cohort: list[SliceSet],
+    setup: SiteSetup,
+    ckpt_dir: Path,
+    result: SiteResult,
+    on_patient: PatientProgress | None,
+    on_event: OnEvent | None,
+    engine: PatientEngine,
+) -> list[Distilled]:
+    """Every patient's output in cohort order: from its checkpoint, or computed by
+    ``engine`` (each result check-pointed here, atomically, as it arrives)."""
+    total = len(cohort)
+    index = {s.patient_key: i for i, s in enumerate(cohort)}
+    found: dict[str, Distilled] = {}
+
+    def emit(event: PatientEvent) -> None:
+        event = replace(event, done=len(found), total=total)
+        if event.kind == "start" and on_patient is not None:
+            on_patient(index[event.key], total, event.key)
+        if event.kind == "retry":
+            result.retried.append(event.key)
+        if on_event is not None:
+            on_event(event)
+
+    def on_done(out: PatientOutput) -> None:
+        _save_ckpt(ckpt_dir / f"{out.key}.pt", out.distilled)
+        found[out.key] = out.distilled
+        result.seconds_per_patient[out.key] = out.seconds
+        emit(PatientEvent("done", out.key, where=out.where, seconds=out.seconds))
+
+    todo = []
+    for real in cohort:
+        ckpt = ckpt_dir / f"{real.patient_key}.pt"
+        done = _load_ckpt(ckpt) if ckpt.is_file() else None
+        if done is None:
+            todo.append(real)
+            continue
+        found[real.patient_key] = done
+        result.resumed.append(real.patient_key)
+        emit(PatientEvent("resumed", real.patient_key))
+    failures = engine.run(setup, todo, on_done, emit) if todo else []
+    if failures:
+        lines = [f"patient {f.key}: {f.reason}" for f in failures]
+        raise DistillError(
+            f"{len(failures)} of {total} patients could not be distilled (the other "
+            f"{len(found)} are check-pointed; run the same command again to retry):\n  "
+            + "\n  ".join(lines))
+    for s in cohort:
+        result.info[s.patient_key] = found[s.patient_key].info
+    return [found[s.patient_key] for s in cohort]

@@ -25,15 +25,15 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel, load_config
 from medidd.federation.audit import AuditConfig
 from medidd.federation.node import NodeSettings
 from medidd.federation.policy import CollectionPolicy
+from medidd.federation.protocol import STRATEGIES
+from medidd.lookup import look_up_option
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.train.trainer import TrainConfig
 
-STRATEGIES: tuple[str, ...] = ("distill", "fedavg")
 TASKS: tuple[str, ...] = ("denoise", "sr")
 
 
@@ -70,6 +70,19 @@ class Timeouts(StrictModel):
     audit_s: float = Field(600.0, gt=0)
 
 
+class CollectConfig(StrictModel):
+    """How the aggregator takes the packages in (``strategy: distill``): one shard of one
+    node's package per request, at most ``max_in_flight`` requests at once (all the SuperLink
+    and the ServerApp hold of the packages at any time, whatever the number of sites and
+    patients), replies polled every ``poll_s`` seconds. Each shard is checked and kept on
+    disk in ``spool_dir`` (default: ``.spool`` in the report folder; removed after training),
+    and the model trains from there (:mod:`medidd.federation.spool`)."""
+
+    max_in_flight: int = Field(4, ge=1)
+    poll_s: float = Field(0.5, gt=0)
+    spool_dir: Path | None = None
+
+
 class FederationConfig(StrictModel):
     """A federated run: collect + validate + train on the union + federated evaluation
     (``strategy: distill``), or FedAvg on the nodes' raw slices (``strategy: fedavg``).
@@ -93,6 +106,7 @@ class FederationConfig(StrictModel):
     policy: CollectionPolicy = Field(default_factory=lambda: CollectionPolicy.model_validate({}))
     audit: AuditConfig = Field(default_factory=lambda: AuditConfig.model_validate({}))
     timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}))
+    collect: CollectConfig = Field(default_factory=lambda: CollectConfig.model_validate({}))
     min_nodes: int = Field(1, ge=1)
     expected_nodes: list[str] = Field(default_factory=list)
     record_received: bool = False

@@ -26,8 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medidd.federation.local import degradation_fn
+from medidd.degrade import build_degradation
+from medidd.degrade.draw import Degrade
 from medidd.federation.policy import PackageVerdict, majority_degradation
+from medidd.federation.spool import DiskImages, SpooledPackage
+from medidd.federation.streamed import train_streamed
 from medidd.train import TrainConfig, TrainResult, train_enhancer
 from medidd.train.trainer import Progress
 
@@ -78,24 +81,33 @@ class UnionResult:
 def train_on_union(verdicts: Sequence[PackageVerdict], cfg: TrainConfig,
                    degradation: Mapping[str, Any] | None, *,
                    progress: Progress | None = None) -> UnionResult:
-    """Train ``cfg.net`` on the HQ images of every accepted package.
+    """Train ``cfg.net`` on the HQ images of every accepted package: from memory (packages
+    received whole, ``verdict.hq``), or read batch by batch from disk when the packages were
+    streamed in (``verdict.spooled``, :func:`~medidd.federation.streamed.train_streamed`),
+    so the aggregator's memory does not grow with the number of sites and patients.
 
     Raises ``ValueError`` when no package was accepted.
     """
+    spooled = [v for v in verdicts if v.accepted and v.spooled is not None]
     used = [v for v in verdicts if v.accepted and v.hq is not None and v.lq is not None]
-    if not used:
+    if not used and not spooled:
         raise ValueError("no package was accepted: nothing to train on (see the report's "
                          "rejected nodes)")
-    hq = torch.cat([torch.from_numpy(v.hq) for v in used if v.hq is not None])
-    manifest = used[0].manifest
+    manifest = (spooled or used)[0].manifest
     assert manifest is not None
     degrade = None
     if degradation is not None and cfg.redraw_lq:
         try:
-            degrade = degradation_fn(degradation, tuple(manifest.window))  # type: ignore[arg-type]
+            degrade = build_degradation(degradation, tuple(manifest.window))  # type: ignore[arg-type]
         except (ImportError, ValueError, KeyError) as exc:
             logger.warning("cannot re-draw LQ from %s (%s); training on the shipped LQ",
                            degradation, exc)
+    if spooled:
+        if used:
+            raise ValueError("train_on_union: packages held in memory and on disk at once")
+        return _train_on_disk([v.spooled for v in spooled if v.spooled is not None], cfg,
+                              degrade, progress)
+    hq = torch.cat([torch.from_numpy(v.hq) for v in used if v.hq is not None])
     if degrade is not None:
         result = train_enhancer(hq, None, cfg, degrade=degrade, progress=progress)
         return UnionResult(result, int(hq.shape[0]), "redrawn")
@@ -108,3 +120,13 @@ def train_on_union(verdicts: Sequence[PackageVerdict], cfg: TrainConfig,
         lqs.append(lq)
     result = train_enhancer(hq, torch.cat(lqs), cfg, progress=progress)
     return UnionResult(result, int(hq.shape[0]), "shipped")
+
+
+def _train_on_disk(packages: list[SpooledPackage], cfg: TrainConfig, degrade: Degrade | None,
+                   progress: Progress | None) -> UnionResult:
+    hq = DiskImages.of(packages, "hq")
+    if degrade is not None:
+        result = train_streamed(hq, None, cfg, degrade=degrade, progress=progress)
+        return UnionResult(result, len(hq), "redrawn")
+    result = train_streamed(hq, DiskImages.of(packages, "lq"), cfg, progress=progress)
+    return UnionResult(result, len(hq), "shipped")

@@ -41,10 +41,9 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 import medidd
-from medidd._atomic import atomic_directory, atomic_write_bytes, atomic_write_text
-from medidd._options import look_up_option
+from medidd.atomic import atomic_directory, atomic_write_bytes, atomic_write_text
+from medidd.lookup import look_up_option
 from medidd.package._codec import encode_array, zip_bytes
-from medidd.package._source import load_files
 from medidd.package.manifest import (
     DTYPES,
     FORMAT_VERSION,
@@ -56,6 +55,7 @@ from medidd.package.manifest import (
     config_hash,
     utc_day,
 )
+from medidd.package.source import load_files
 from medidd.package.validate import MANIFEST, Checked, check_contents, explain_validation
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ ARRAY_FIELDS: frozenset[str] = frozenset(
     {"format_version", "files", "n_images", "image_size", "lq_image_size", "dtype_on_disk",
      "patients", "ipc", "created"}
 )
+#: The shard size :func:`medidd.distill.run.distill_site` writes (bytes per array file): a
+#: site of up to ~1,000 patients x IPC 2 at 128 px float32 stays one file per array.
+SHARD_BYTES = 64 * 1024 * 1024
 #: Fields ignored when deciding whether an existing package holds the same content.
 _VOLATILE_FIELDS = {"created", "audit"}
 
@@ -167,6 +170,32 @@ def _patient_entries(patients: Sequence[PatientEntry | tuple[str, int]]) -> list
     return out
 
 
+def shard_bounds(counts: Sequence[int], image_bytes: int,
+                 shard_bytes: int | None) -> list[tuple[int, int]]:
+    """Image ranges ``[start, stop)`` of the shards: whole patients (``counts`` images each,
+    in order) packed greedily into at most ``shard_bytes`` per file, at least one patient per
+    shard; one range for everything when ``shard_bytes`` is None.
+
+    Example:
+        >>> shard_bounds([2, 2, 2], image_bytes=100, shard_bytes=450)
+        [(0, 4), (4, 6)]
+        >>> shard_bounds([2, 2], image_bytes=100, shard_bytes=None)
+        [(0, 4)]
+    """
+    total = sum(counts)
+    if shard_bytes is None or total * image_bytes <= shard_bytes:
+        return [(0, total)]
+    out: list[tuple[int, int]] = []
+    start = stop = 0
+    for n in counts:
+        if stop > start and (stop + n - start) * image_bytes > shard_bytes:
+            out.append((start, stop))
+            start = stop
+        stop += n
+    out.append((start, stop))
+    return out
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -229,6 +258,7 @@ def write_package(
     fmt: str = "safetensors",
     zip: bool = False,
     overwrite: bool = False,
+    shard_bytes: int | None = None,
 ) -> Path:
     """Write a package atomically and return its path (``out``, or ``out`` + ``.zip``).
 
@@ -243,6 +273,11 @@ def write_package(
         fmt: ``"safetensors"`` or ``"npz"``; dtype_on_disk ``"float32"`` or ``"float16"``.
         overwrite: replace an existing different package. The same content (ignoring
             ``created`` and ``audit``) is a no-op that keeps the existing package.
+        shard_bytes: split the arrays into shards of whole patients of at most this many
+            bytes per file (at least one patient each), written as format version 2
+            (``hq-00000.safetensors``, ...) so readers can stream them; None, or a package
+            that fits in one shard, writes one file per array (format version 1, readable
+            by every medidd).
 
     Raises:
         PackageError: the arrays or fields would not make a valid package (nothing written).
@@ -260,7 +295,18 @@ def write_package(
     arrays = {name: a for name, (a, _) in converted.items() if a is not None}
     if problems or len(arrays) != 2:
         raise PackageError(str(out), problems)
-    blobs = {f"{name}.{fmt}": encode_array(name, a, fmt) for name, a in arrays.items()}
+    entries = _patient_entries(patients)
+    bounds = shard_bounds([e["stop"] - e["start"] for e in entries],
+                          arrays["hq"][:1].nbytes, shard_bytes)
+    if len(bounds) == 1:
+        blobs = {f"{name}.{fmt}": encode_array(name, a, fmt) for name, a in arrays.items()}
+        shapes = {f"{name}.{fmt}": list(a.shape) for name, a in arrays.items()}
+    else:
+        blobs, shapes = {}, {}
+        for name, a in arrays.items():
+            for k, (lo, hi) in enumerate(bounds):
+                blobs[f"{name}-{k:05d}.{fmt}"] = encode_array(name, a[lo:hi], fmt)
+                shapes[f"{name}-{k:05d}.{fmt}"] = list(a[lo:hi].shape)
     if method_config_hash is None:
         if method_config is None:
             raise ValueError("write_package needs method_config or method_config_hash")
@@ -268,7 +314,7 @@ def write_package(
     hq_shape, lq_side = arrays["hq"].shape, arrays["lq"].shape[-1]
     created_day = utc_day(created)
     raw: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if len(bounds) > 1 else 1,
         "created": created_day.isoformat().replace("+00:00", "Z"),
         "software_version": software_version or medidd.__version__,
         "task": task, "modality": modality, "degradation": dict(degradation),
@@ -276,12 +322,12 @@ def write_package(
         "image_size": int(hq_shape[-1]),
         "lq_image_size": int(lq_side) if lq_side != hq_shape[-1] else None,
         "ipc": ipc, "n_images": int(hq_shape[0]),
-        "patients": _patient_entries(patients), "method": method,
+        "patients": entries, "method": method,
         "method_config_hash": method_config_hash,
         "method_config": dict(method_config) if method_config is not None else None,
         "seed": seed, "dp": _model_dict(dp), "audit": _model_dict(audit),
         "files": {name: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b),
-                         "dtype": dtype_on_disk, "shape": list(arrays[name.split(".")[0]].shape)}
+                         "dtype": dtype_on_disk, "shape": shapes[name]}
                   for name, b in blobs.items()},
         "dtype_on_disk": dtype_on_disk,
     }

@@ -30,6 +30,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
@@ -48,12 +49,16 @@ from pydantic import (
     model_validator,
 )
 
-from medidd._options import look_up_option
 from medidd.config import StrictModel
+from medidd.lookup import look_up_option
 
-#: The manifest format this version of medidd writes and reads.
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+#: The newest manifest format this version of medidd writes; it reads every version in
+#: :data:`SUPPORTED_FORMAT_VERSIONS`. Version 2 adds sharded arrays (``hq-00000.safetensors``,
+#: ...); a package with one file per array is written as version 1, which every medidd reads.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+#: The first format version whose arrays may be split into shards.
+SHARDED_SINCE = 2
 #: Array serialisations and on-disk dtypes of the ``hq`` / ``lq`` files.
 FORMATS: tuple[str, ...] = ("safetensors", "npz")
 DTYPES: tuple[str, ...] = ("float32", "float16")
@@ -67,7 +72,7 @@ ARRAY_NAMES: tuple[str, ...] = ("hq", "lq")
 PATIENT_KEY_PATTERN = r"^p-[0-9a-f]{8,64}$"
 _TOKEN_PATTERN = r"^[A-Za-z0-9_.:+\-]{1,64}$"
 _KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-_FILE_PATTERN = r"^(hq|lq)\.(safetensors|npz)$"
+_FILE_PATTERN = r"^(hq|lq)(-[0-9]{5})?\.(safetensors|npz)$"
 
 Token = Annotated[str, StringConstraints(pattern=_TOKEN_PATTERN)]
 Key = Annotated[str, StringConstraints(pattern=_KEY_PATTERN)]
@@ -327,9 +332,57 @@ class Manifest(StrictModel):
         return (self.n_images, 1, side, side)
 
     def file_name(self, array: str) -> str | None:
-        """Name of the listed file holding array ``"hq"`` or ``"lq"`` (None if not listed)."""
-        names = [name for name in self.files if name.split(".", 1)[0] == array]
+        """Name of the one listed file holding array ``"hq"`` or ``"lq"`` (None if the array
+        is sharded or not listed)."""
+        names = self.shard_files(array)
         return names[0] if len(names) == 1 else None
+
+    def shard_files(self, array: str) -> list[str]:
+        """The listed files holding array ``"hq"`` or ``"lq"``, in order: one name for an
+        unsharded array (``hq.safetensors``), else its shards (``hq-00000.safetensors``, ...)."""
+        return sorted(name for name in self.files if array_of(name) == array)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the arrays are split into shard files (format version 2)."""
+        return any("-" in name for name in self.files)
+
+    def shards(self) -> list[Shard]:
+        """The shards of the package in order (one for an unsharded package); each pairs an
+        ``hq`` and an ``lq`` file holding images ``[start, stop)``. Only meaningful for a
+        manifest without :func:`manifest_problems`."""
+        out: list[Shard] = []
+        start = 0
+        for hq, lq in zip(self.shard_files("hq"), self.shard_files("lq"), strict=False):
+            n = self.files[hq].shape[0]
+            out.append(Shard(len(out), hq, lq, start, start + n))
+            start += n
+        return out
+
+
+def array_of(name: str) -> str:
+    """The array (``"hq"`` / ``"lq"``) a package file name belongs to.
+
+    Example:
+        >>> array_of("hq-00003.safetensors"), array_of("lq.npz")
+        ('hq', 'lq')
+    """
+    return name.split(".", 1)[0].split("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of a package: files ``hq`` and ``lq`` hold images ``[start, stop)``."""
+
+    index: int
+    hq: str
+    lq: str
+    start: int
+    stop: int
+
+    @property
+    def n_images(self) -> int:
+        return self.stop - self.start
 
 
 def manifest_problems(m: Manifest, source: str = "manifest.json") -> list[str]:
@@ -371,24 +424,64 @@ def manifest_problems(m: Manifest, source: str = "manifest.json") -> list[str]:
         expected = max(expected, p.stop)
     if expected != m.n_images:
         add("patients", f"index ranges end at {expected} but n_images is {m.n_images}")
+    if m.sharded and m.format_version < SHARDED_SINCE:
+        add("format_version", f"{m.format_version}, but sharded files need format_version "
+            f"{SHARDED_SINCE}")
+    counts: dict[str, list[int]] = {}
     for array in ARRAY_NAMES:
-        name = m.file_name(array)
-        if name is None:
+        names = m.shard_files(array)
+        if not names:
             add("files", f"must list exactly one '{array}' file ({array}.safetensors or "
-                f"{array}.npz)")
+                f"{array}.npz), or its shards {array}-00000.safetensors, ...")
             continue
-        entry = m.files[name]
-        field = f"files['{name}']"
-        if entry.dtype != m.dtype_on_disk:
-            add(f"{field}.dtype", f"{entry.dtype} but dtype_on_disk is {m.dtype_on_disk}")
-        if tuple(entry.shape) != m.expected_shape(array):
-            add(f"{field}.shape", f"{list(entry.shape)} but n_images/image_size give "
-                f"{list(m.expected_shape(array))}")
+        out += _shard_problems(m, array, names, source)
+        counts[array] = [m.files[name].shape[0] for name in names]
     if len({name.split(".", 1)[1] for name in m.files}) > 1:
         add("files", "hq and lq must use the same format (both .safetensors or both .npz)")
+    if len(counts) == 2 and counts["hq"] != counts["lq"]:
+        add("files", f"hq shards hold {counts['hq']} images but lq shards {counts['lq']}; "
+            "shard k of hq and of lq must hold the same images")
+    elif m.sharded and "hq" in counts:
+        starts = {p.start for p in m.patients}
+        bounds = [sum(counts["hq"][:k]) for k in range(len(counts["hq"]))]
+        for k, b in enumerate(bounds):
+            if b not in starts:
+                add(f"files['{m.shard_files('hq')[k]}']", f"starts at image {b}, inside a "
+                    "patient; a shard holds whole patients")
     if m.method_config is not None and config_hash(m.method_config) != m.method_config_hash:
         add("method_config_hash", "does not match sha256 of the canonical JSON of "
             "method_config; recompute it with medidd.package.config_hash")
+    return out
+
+
+def _shard_problems(m: Manifest, array: str, names: list[str], source: str) -> list[str]:
+    """Problems of the files holding one array: dtypes, shapes, shard numbering."""
+    out: list[str] = []
+    side = m.image_size if array == "hq" else m.lq_size
+    sharded = [name for name in names if "-" in name]
+    if sharded and len(sharded) != len(names):
+        out.append(f"{source}: files: '{array}' is listed both whole and as shards; list one "
+                   "or the other")
+        return out
+    numbers = [int(name.split(".", 1)[0].split("-", 1)[1]) for name in sharded]
+    if numbers != list(range(len(numbers))):
+        out.append(f"{source}: files: the '{array}' shards must be numbered 00000, 00001, ... "
+                   "without gaps")
+    for name in names:
+        entry = m.files[name]
+        field = f"{source}: files['{name}']"
+        if entry.dtype != m.dtype_on_disk:
+            out.append(f"{field}.dtype: {entry.dtype} but dtype_on_disk is {m.dtype_on_disk}")
+        if not sharded and tuple(entry.shape) != m.expected_shape(array):
+            out.append(f"{field}.shape: {list(entry.shape)} but n_images/image_size give "
+                       f"{list(m.expected_shape(array))}")
+        elif sharded and tuple(entry.shape[1:]) != (1, side, side):
+            out.append(f"{field}.shape: {list(entry.shape)} but image_size gives "
+                       f"[N, 1, {side}, {side}]")
+    total = sum(m.files[name].shape[0] for name in sharded)
+    if sharded and total != m.n_images:
+        out.append(f"{source}: files: the '{array}' shards hold {total} images but n_images is "
+                   f"{m.n_images}")
     return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +34,13 @@ from pydantic import BaseModel, ValidationError
 
 from medidd.package._codec import decode_array
 from medidd.package.manifest import (
+    _FILE_PATTERN,
     ARRAY_NAMES,
     FORMATS,
     SUPPORTED_FORMAT_VERSIONS,
     Manifest,
+    Shard,
+    array_of,
     format_loc,
     manifest_problems,
 )
@@ -50,8 +54,20 @@ HQ_TOLERANCE = 1e-3
 #: and bone), so the bound is generous; a value outside [-8, 8] (16,000 HU of noise with the
 #: default window) means the LQ side was not normalised like the HQ side.
 LQ_RANGE: tuple[float, float] = (-8.0, 8.0)
-#: Every file name a package may hold besides the manifest (the manifest lists which).
+#: The unsharded array files a package may hold besides the manifest (the manifest lists
+#: which); sharded packages (format version 2) hold ``hq-00000.safetensors``, ... instead.
 CANDIDATE_FILES: tuple[str, ...] = tuple(f"{a}.{fmt}" for a in ARRAY_NAMES for fmt in FORMATS)
+_ARRAY_FILE = re.compile(_FILE_PATTERN)
+
+
+def is_array_file(name: str) -> bool:
+    """Whether ``name`` may be one of a package's array files (whole or a shard).
+
+    Example:
+        >>> is_array_file("hq.safetensors"), is_array_file("lq-00012.npz"), is_array_file("x.npz")
+        (True, True, False)
+    """
+    return _ARRAY_FILE.fullmatch(name) is not None
 
 
 @dataclass
@@ -138,8 +154,8 @@ def parse_manifest(data: bytes, source: str = MANIFEST) -> tuple[Manifest | None
     """Parse and validate manifest bytes; ``(None, problems)`` when they are not a manifest.
 
     Example:
-        >>> parse_manifest(b'{"format_version": 9}')[1]
-        ['manifest.json: format_version: 9 is not supported (this medidd reads 1); upgrade medidd']
+        >>> parse_manifest(b'{"format_version": 9}')[1][0]
+        'manifest.json: format_version: 9 is not supported (this medidd reads 1, 2); upgrade...'
     """
     try:
         raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
@@ -211,6 +227,10 @@ def _check_array(
                    f"{entry.dtype}")
     if a.ndim != 4 or a.shape[1] != 1:
         out.append(f"{fname}: field {array}: shape {list(a.shape)}; must be N x 1 x H x W")
+    elif entry is not None and manifest is not None and manifest.sharded:
+        if a.shape != tuple(entry.shape):
+            out.append(f"{fname}: field {array}: shape {list(a.shape)} but {where}.shape says "
+                       f"{list(entry.shape)}")
     elif manifest is not None and a.shape != manifest.expected_shape(array):
         out.append(f"{fname}: field {array}: shape {list(a.shape)} but {MANIFEST} n_images/"
                    f"image_size give {list(manifest.expected_shape(array))}")
@@ -229,7 +249,8 @@ def check_contents(files: Mapping[str, bytes]) -> Checked:
         manifest, problems = parse_manifest(files[MANIFEST])
     else:
         problems.append(f"{MANIFEST}: missing (every package holds one)")
-    listed = set(manifest.files) if manifest is not None else set(CANDIDATE_FILES)
+    listed = set(manifest.files) if manifest is not None else {
+        n for n in files if is_array_file(n)}
     for name in sorted(files):
         if name != MANIFEST and name not in listed:
             kind = " (a DICOM file: it may carry PHI)" if _looks_like_dicom(
@@ -240,23 +261,63 @@ def check_contents(files: Mapping[str, bytes]) -> Checked:
     decoded_from: dict[str, str] = {}
     for array in ARRAY_NAMES:
         if manifest is not None:
-            fname = manifest.file_name(array)
-            if fname is None:
-                continue  # manifest_problems already said so
-            if fname not in files:
+            names = manifest.shard_files(array)  # none: manifest_problems already said so
+            missing = [n for n in names if n not in files]
+            for fname in missing:
                 problems.append(f"{fname}: missing, but listed in {MANIFEST} files['{fname}']")
+            if missing:
                 continue
-            names = [fname]
         else:
             names = [n for n in CANDIDATE_FILES if n.startswith(f"{array}.") and n in files]
+        parts = []
         for fname in names:
             a, found = _check_array(files, fname, array, manifest)
             problems += found
             if a is not None:
-                checked.arrays[array] = a
+                parts.append(a)
                 decoded_from[array] = fname
+        if parts and len(parts) == len(names):
+            checked.arrays[array] = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if len(checked.arrays) == 2 and len(checked.arrays["hq"]) != len(checked.arrays["lq"]):
         problems.append(f"{decoded_from['lq']}: field lq: {len(checked.arrays['lq'])} images but "
                         f"{decoded_from['hq']} holds {len(checked.arrays['hq'])}; every HQ image "
                         "needs its LQ partner")
     return checked
+
+
+@dataclass
+class ShardChecked:
+    """Result of :func:`check_shard`: the shard's decoded float32 arrays (``None`` when a
+    problem was found) and the problems."""
+
+    hq: npt.NDArray[np.float32] | None
+    lq: npt.NDArray[np.float32] | None
+    problems: list[str]
+
+
+def check_shard(manifest: Manifest, shard: Shard, files: Mapping[str, bytes]) -> ShardChecked:
+    """Every check of :func:`check_contents` for one shard's two files (size, sha256, dtype,
+    shape, finite values, range), against a manifest that was already checked: what a reader
+    that streams a package shard by shard runs on each piece.
+
+    Example:
+        >>> from medidd.package.manifest import example_manifest
+        >>> m = example_manifest()
+        >>> check_shard(m, m.shards()[0], {}).problems[0]
+        "hq.safetensors: missing, but listed in manifest.json files['hq.safetensors']"
+    """
+    problems: list[str] = []
+    arrays: dict[str, npt.NDArray[np.float32]] = {}
+    for fname in (shard.hq, shard.lq):
+        if fname not in files:
+            problems.append(f"{fname}: missing, but listed in {MANIFEST} files['{fname}']")
+            continue
+        a, found = _check_array(files, fname, array_of(fname), manifest)
+        problems += found
+        if a is not None:
+            arrays[array_of(fname)] = a
+    extra = sorted(set(files) - {shard.hq, shard.lq, MANIFEST})
+    problems += [f"{name}: unexpected file with shard {shard.index}" for name in extra]
+    if problems:
+        return ShardChecked(None, None, problems)
+    return ShardChecked(arrays["hq"], arrays["lq"], [])

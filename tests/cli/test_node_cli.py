@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medidd.io.sample_data import make_sample_patients
+from medidd.io.sample_data import COHORT_V1, make_sample_patients
 from medidd.package import read_package
 
 FAST = [
@@ -49,7 +49,7 @@ def _node(*args: str, home: Path, check: bool = True) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def mr_tree(real_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dicom") / "patients"
-    make_sample_patients(real_samples, out, modality="MR")
+    make_sample_patients(real_samples, out, modality="MR", names=COHORT_V1)  # 3 MR patients
     return out
 
 
@@ -112,7 +112,10 @@ def test_distill_resumes_after_kill_and_gives_the_same_package(
     r = _node("distill", "-p", str(mr_tree), "-o", str(out), "--ipc", "2", *FAST, home=tmp_path)
     assert "resumed from checkpoints" in r.stdout
     a, b = read_package(ref), read_package(out)
-    assert torch.equal(a.hq, b.hq) and torch.equal(a.lq, b.lq)
+    # the same computation in another process: equal up to float32 reordering (1e-5 is far
+    # below one grey level of a 12-bit image, 2.4e-4), not asserted bit for bit
+    torch.testing.assert_close(a.hq, b.hq, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.lq, b.lq, atol=1e-5, rtol=0)
     assert a.manifest.method_config_hash == b.manifest.method_config_hash
     assert not ckpts.exists()  # checkpoints removed once the package is complete
     # a different config at the same --out is refused, the package left intact

@@ -4,19 +4,17 @@ process is ended by PID (with its descendants) at teardown, also when the test f
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hospital_node.serve import supernode_command
+from aggregator.loopback import Loopback, start_superlink
+from aggregator.procs import Procs
 from medidd.federation.certs import make_dev_certificates
 from medidd.package import write_package
-from tests.deployment.flower_procs import BIN, Procs, flower_env, free_port
 from tests.federation.conftest import SPEC, real_ct_slices
 
 KEYS = ("a", "b", "c", "rogue")
@@ -28,57 +26,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_dev_certificates(tmp_path_factory.mktemp("certs"), supernodes=KEYS)
 
 
-@dataclass
-class Link:
-    address: str
-    procs: Procs
-    certs: dict[str, Path]
-    cli_home: Path
-    root: Path
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "flwr"), *args], env=flower_env(self.cli_home),
-                              capture_output=True, text=True, timeout=60, check=False)
-
-    def register(self, name: str) -> None:
-        for _ in range(10):
-            res = self.cli("supernode", "register", str(self.certs[f"{name}.public"]), "medidd")
-            if res.returncode == 0 and "registered" in res.stdout:
-                return
-        raise AssertionError(f"could not register {name}: {res.stdout}\n{res.stderr}")
-
-    def supernode(self, name: str, node_config: dict[str, object], *, key: str | None = None,
-                  ca: bool = True, max_retries: int | None = None) -> str:
-        cmd = supernode_command(
-            self.address, node_config,
-            root_certificates=self.certs["ca_cert"] if ca else None,
-            auth_private_key=self.certs[f"{key or name}.private"], port=free_port(),
-            max_retries=max_retries)
-        env = flower_env(self.root / f"home-{name}")
-        env["PYTHONPATH"] = str(ROOT)  # the test ClientApp lives in tests/
-        self.procs.start(f"supernode-{name}", cmd, env)
-        return f"supernode-{name}"
+#: The deployment tests' SuperLink (their SuperNodes import the test ClientApp from tests/).
+Link = Loopback
 
 
 @pytest.fixture()
 def superlink(certs: dict[str, Path], tmp_path: Path) -> Iterator[Link]:
     """A SuperLink with TLS + --enable-supernode-auth; keys a, b, c registered, not rogue."""
     procs = Procs(tmp_path / "logs")
-    port = free_port()
-    cmd = [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs["ca_cert"]),
-           "--ssl-certfile", str(certs["server_cert"]), "--ssl-keyfile", str(certs["server_key"]),
-           "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-           "--host", "127.0.0.1", "--port", str(port)]
-    cli_home = tmp_path / "cli-home"
-    cli_home.mkdir()
-    (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "medidd"\n\n[superlink.medidd]\naddress = "127.0.0.1:{port}"\n'
-        f'root-certificates = "{certs["ca_cert"]}"\n')
-    link = Link(f"127.0.0.1:{port}", procs, certs, cli_home, tmp_path)
     try:
-        procs.start("superlink", cmd, flower_env(tmp_path / "superlink-home"))
-        assert procs.wait_log("superlink", "Uvicorn running on https://", 60), \
-            procs.log("superlink")
+        link = start_superlink(certs, tmp_path, procs, node_env={"PYTHONPATH": str(ROOT)})
         for name in ("a", "b", "c"):
             link.register(name)
         yield link

@@ -6,7 +6,6 @@ server side decodes the reply exactly as the ServerApp does and validates it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,14 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from aggregator.strategies import _package_files
+from aggregator.strategies import package_files
 from aggregator.wire import refusal
 from hospital_node.client_app import build_client_app
 from medidd.federation import CollectionPolicy, check_received_package, record_audit_override
 from medidd.federation import protocol as P
 from medidd.nets import NetConfig
+from medidd.preprocess.pipeline import PreprocessConfig
+from medidd.train import TrainConfig
 from tests.federation.conftest import SPEC, MakePackage
 
 NET = NetConfig(name="dncnn", width=4, depth=3)
@@ -51,7 +52,7 @@ def test_collect_sends_the_package_files_and_the_server_accepts_them(
     pkg = make_package()
     reply = call(P.COLLECT, {"name": "site-a", "package": str(pkg)})
     assert refusal(reply) is None
-    files = _package_files(reply.content)
+    files = package_files(reply.content)
     assert set(files) == {"manifest.json", "hq.safetensors", "lq.safetensors"}
     assert files["hq.safetensors"] == (pkg / "hq.safetensors").read_bytes()  # byte for byte
     verdict = check_received_package(files, CollectionPolicy())
@@ -65,14 +66,15 @@ def test_a_node_refuses_to_serve_a_failed_audit_unless_overridden_and_recorded(
     reply = call(P.COLLECT, {"name": "site-a", "package": str(pkg)})
     reason = refusal(reply)
     assert reason is not None and "audit status 'failed'" in reason
+    assert "node config key 'override-audit'" in reason  # the setting that allows overrides
     assert P.PACKAGE not in reply.content.array_records  # nothing of the package left
 
     allowed = {"name": "site-a", "package": str(pkg), "override-audit": True}
-    assert "no override recorded" in (refusal(call(P.COLLECT, allowed)) or "")
+    assert "no operator override recorded" in (refusal(call(P.COLLECT, allowed)) or "")
     record_audit_override(pkg, by="dr-who", reason="pilot run, approved by the DPO")
     reply = call(P.COLLECT, allowed)
     assert refusal(reply) is None
-    verdict = check_received_package(_package_files(reply.content), CollectionPolicy())
+    verdict = check_received_package(package_files(reply.content), CollectionPolicy())
     assert verdict.accepted and verdict.override == "dr-who: pilot run, approved by the DPO"
 
 
@@ -81,11 +83,16 @@ def test_node_settings_come_from_the_node_config_only() -> None:
         call(P.COLLECT, {"name": "a", "packge": "/x"})
 
 
-def _settings(**extra: Any) -> ConfigRecord:
-    data = {"net": NET.model_dump(mode="json"), "degradation": SPEC,
-            "preprocess": {"size": 32, "max_slices_per_volume": 6}, "seed": 3,
-            "batch_size": 4, "max_slices": 6, **extra}
-    return ConfigRecord({P.SETTINGS_JSON: json.dumps(data)})
+PREPROCESS = PreprocessConfig(size=32, max_slices_per_volume=6)
+
+
+def _record(settings: P.RoundSettings) -> ConfigRecord:
+    return ConfigRecord({P.SETTINGS_JSON: settings.model_dump_json()})
+
+
+def _settings() -> ConfigRecord:
+    return _record(P.EvaluateSettings(net=NET, degradation=SPEC, preprocess=PREPROCESS, seed=3,
+                                      batch_size=4, max_slices=6))
 
 
 def _weights() -> ArrayRecord:
@@ -112,9 +119,10 @@ def test_fedavg_train_returns_weights_and_the_number_of_examples(
 ) -> None:
     node = {"name": "site-b", "patients": str(patients_dirs["b"]),
             "salt-file": str(tmp_path / "salt")}
-    train = {"net": NET.model_dump(mode="json"), "steps": 2, "batch_size": 2, "patch_size": 16}
-    content = RecordDict({P.MODEL: _weights(), P.SETTINGS: _settings(train=train,
-                                                                      local_steps=2)})
+    train = TrainConfig(net=NET, steps=2, batch_size=2, patch_size=16)
+    settings = P.TrainSettings(train=train, degradation=SPEC, preprocess=PREPROCESS, seed=3,
+                               local_steps=2)
+    content = RecordDict({P.MODEL: _weights(), P.SETTINGS: _record(settings)})
     reply = call(P.TRAIN, node, content)
     assert refusal(reply) is None, refusal(reply)
     new = reply.content.array_records[P.MODEL].to_torch_state_dict()
