@@ -26,6 +26,7 @@ from medidd.federation import protocol as P
 from medidd.federation.audit import check_audit_metrics
 from medidd.federation.config import FederationConfig
 from medidd.federation.fedavg import fedavg, state_problems
+from medidd.federation.policy import PackageVerdict
 from medidd.federation.report import RunLedger
 from medidd.federation.union import reconcile_degradation, train_on_union
 from medidd.seeds import derive
@@ -72,12 +73,17 @@ def _collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledg
         if v.manifest is not None:
             node.n_images = v.manifest.n_images
         ledger.set_status(node_id, "used" if v.accepted else "rejected", v.reasons)
+        if v.accepted:
+            pairs = _first_pairs(v)
+            if pairs is not None:
+                ledger.add_gallery(node.name or str(node_id), *pairs)
     ledger.rounds = 1
     if spec is None or not any(v.accepted for v in verdicts.values()):
         raise FederationError("no package was accepted; nothing to train on")
     t0 = time.perf_counter()
     union = train_on_union(list(verdicts.values()), cfg.train, spec)
     ledger.train_s = time.perf_counter() - t0
+    ledger.set_losses(union.result.losses)
     ledger.n_train_images = union.n_images
     ledger.lq_source = union.lq_source
     state = {k: v.detach().cpu() for k, v in union.result.model.state_dict().items()}
@@ -86,6 +92,19 @@ def _collect_and_train(grid: Grid, nodes: list[int], cfg: FederationConfig, ledg
     ledger.extra["manifest"] = next(v.manifest for v in verdicts.values()
                                     if v.accepted and v.manifest is not None)
     return state, spec
+
+
+def _first_pairs(v: PackageVerdict, keep: int = 3) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``keep`` (HQ, LQ) pairs of an accepted package, in memory or spooled."""
+    if v.hq is not None and v.lq is not None:
+        return torch.from_numpy(v.hq[:keep]), torch.from_numpy(v.lq[:keep])
+    if v.spooled is not None:
+        from medidd.federation.spool import DiskImages
+
+        hq, lq = DiskImages(v.spooled.hq), DiskImages(v.spooled.lq)
+        idx = list(range(min(keep, len(hq))))
+        return hq.read(idx), lq.read(idx)
+    return None
 
 
 def _same(content: RecordDict) -> Callable[[int], RecordDict]:

@@ -55,7 +55,12 @@ def test_distill_run_uses_good_packages_rejects_the_tampered_one_and_scores_ever
     assert any("non-finite" in r for r in by_name["site-2"].reasons)
     assert report.n_train_images == 8 and report.lq_source == "redrawn"
     assert all(n.metrics["n_slices"] == 6 for n in report.nodes)
-    assert (tmp_path / "out" / "report.html").read_text().count("<tr>") >= 4
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("<tr>") >= 4
+    # the gallery of received pairs (accepted packages only) and the training loss are drawn
+    gallery = html.split("Distilled pairs received", 1)[1]
+    assert "data:image/png" in gallery and "site-2" not in gallery.split("<h2>", 1)[0]
+    assert len(report.loss) > 0
     received = {p.parent.name for p in (tmp_path / "out" / "received").rglob("*.npy")}
     assert received == {P.PACKAGE}  # arrays reached the server only inside packages
     # the model is saved with what applying it needs, taken from the packages' manifests
