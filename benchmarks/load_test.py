@@ -198,8 +198,9 @@ def to_markdown(data: dict[str, Any]) -> str:
              "`python -m benchmarks.load_test` (rewrite this page from scale.json: "
              "`--render`).", "",
              "**The machine was shared** while this ran: another long benchmark and other "
-             "people's tests used the same 2 CPU cores, so every time below is slower than on an "
-             "idle machine and the `--workers 2` speed-up is a lower bound.", "",
+             "people's tests used the same CPU cores, so every time below is slower than on an "
+             "idle machine, and the speed-up of `--workers 2` is not an idle-machine figure "
+             "(see below for which way it leans).", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     work = [r for r in rows if r["kind"] == "workers"]
@@ -221,25 +222,45 @@ def to_markdown(data: dict[str, Any]) -> str:
                          f"{r['seconds_per_patient_mean']} | {r['seconds_per_patient_max']} |")
         best = max(work, key=lambda r: r["patients_per_hour"])
         ideal = base["patients"] / -(-base["patients"] // max(best["workers"], 1))
+        measured = best["patients_per_hour"] / base["patients_per_hour"]
         lines += ["", f"With {base['patients']} patients on {best['workers']} workers the "
-                  f"ideal speed-up is at most {ideal:.2f}x (the last round has fewer patients "
-                  "than workers) and less when patients differ in size (the slowest patient "
-                  "ends the run); pool start-up (spawned processes importing torch) is "
-                  "included."]
-        lines += ["", "## A 10,000-patient site (projection from the measured cost)", "",
-                  "patients / h per worker process = the measured throughput divided by the "
-                  "workers of that row; days = 10,000 / (that x workers) / 24.", "",
-                  "| workers (cores) | days for 10,000 patients |", "|---|---|"]
+                  f"speed-up of equally fast patients is at most {ideal:.2f}x (the last round "
+                  "has fewer patients than workers), less when patients differ in size (the "
+                  "slowest patient ends the run); pool start-up (spawned processes importing "
+                  "torch) is included."]
+        if measured > ideal:
+            lines += ["", f"The measured {measured:.2f}x is above that bound because a patient "
+                      "did not cost the same in both runs: "
+                      f"{base['seconds_per_patient_mean']} s on average with "
+                      f"{base['torch_threads_per_patient']} torch threads (workers 1) against "
+                      f"{best['seconds_per_patient_mean']} s with "
+                      f"{best['torch_threads_per_patient']} (workers {best['workers']}). On "
+                      "shared cores a team of torch threads stalls whenever another process "
+                      "holds one of its cores, while single-thread workers just run slower, so "
+                      "this shared-machine figure *overstates* the speed-up an idle machine "
+                      f"gives (at most {ideal:.2f}x here). The issue's target (>= 1.6x on 2 "
+                      "cores) is met on this measurement; an idle-machine run is needed to "
+                      "confirm it."]
         per_worker = best["patients_per_hour"] / best["workers"]
+        lines += ["", "## A 10,000-patient site (projection from the measured cost)", "",
+                  f"One worker process (one core, one torch thread) did {per_worker:.1f} "
+                  f"patients / h in the workers-{best['workers']} run (on shared cores: a "
+                  "conservative cost); days = 10,000 / (that x workers) / 24, assuming the "
+                  "workers scale with the cores (independent patients, nothing shared but the "
+                  "read-only prior).", "",
+                  "| workers (cores) | days for 10,000 patients |", "|---|---|"]
         for w in (1, 2, 8, 16, 64):
             lines.append(f"| {w} | {10_000 / (per_worker * w) / 24:.1f} |")
     if load:
         lines += ["", "## Loopback load test (deployment engine, TLS + SuperNode auth)", "",
                   "Each SuperNode serves a copy of the real package of the workers run "
-                  f"({_fmt(load[0]['package_bytes'])} bytes); the ServerApp collects them shard "
-                  "by shard (at most `collect.max_in_flight` = 4 requests waiting), validates "
-                  f"each, trains a small net ({LOAD_TRAIN['steps']} steps) from disk and runs "
-                  "the evaluate round (the nodes have no held-out patients and decline it).", "",
+                  f"({_fmt(load[0]['package_bytes'])} bytes, one shard); the ServerApp "
+                  "collects them shard by shard (at most `collect.max_in_flight` = 4 requests "
+                  f"waiting), validates each, trains a small net ({LOAD_TRAIN['steps']} steps) "
+                  "from disk and runs the evaluate round (the nodes have no held-out patients "
+                  "and decline it). The wall time grows with the nodes mostly because each "
+                  "SuperNode starts a ClientApp process (importing torch) on the same 2 cores.",
+                  "",
                   "| nodes | status | used | ServerApp peak MB | SuperLink peak MB | ClientApp "
                   "peak MB (max) | wall s | bytes up | bytes down |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -218,10 +218,11 @@ def distill_site(
           no usable patient: ...
     """
     check_site(cohort, cfg)
-    try:
-        workers = resolve_workers(workers)
-    except ValueError as exc:
-        raise DistillError(str(exc)) from None
+    if engine is None:
+        try:
+            workers = resolve_workers(workers)
+        except ValueError as exc:
+            raise DistillError(str(exc)) from None
     out = Path(out)
     modality = cohort[0].modality
     spec = resolve_degradation(cfg, modality)
