@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, results written under docs/benchmarks/ (md + json + plots).
 
     python -m benchmarks.run_all [--only degrade,ingest,distill,task_driven,privacy]
-        [--samples data/samples] [--device auto] [--workers 1]
+        [--samples data/samples] [--device auto]
 
 The distillation benchmark is the long one (all methods x IPC 1/2/5 x leave-one-patient-out
 folds x 3 settings: hours on 2 CPU cores, minutes on a GPU; its stages can run apart, see
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=Path, default=ROOT / "data/samples")
     ap.add_argument("--work", type=Path, default=ROOT / "out/bench")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args(argv)
     DOCS.mkdir(parents=True, exist_ok=True)
     todo = a.only.split(",")
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks import distill_bench
 
         distill_bench.main(["all", "--samples", str(a.samples), "--work", str(a.work / "distill"),
-                            "--out", str(DOCS), "--device", a.device,
-                            "--workers", str(a.workers)])
+                            "--out", str(DOCS), "--device", a.device])
     if "task_driven" in todo:
         from benchmarks import task_driven
 
