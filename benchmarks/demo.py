@@ -2,9 +2,10 @@
 
 1. the real CT samples become DICOM series, split over two hospitals (each: one patient to
    distil, one held out for evaluation);
-2. each hospital: ``medidd-node distill`` then ``medidd-node audit`` (if the audit does not pass
-   with this tiny cohort, the demo records an explicit, visible override that quotes the
-   audit's own verdict and reason instead of hiding it);
+2. each hospital: ``medidd-node distill`` then ``medidd-node audit`` (held-out slabs and
+   canaries make the audit conclusive with one patient per hospital; should it not pass, the
+   demo records an explicit, visible override that quotes the audit's own verdict and reason
+   instead of hiding it);
 3. the consortium: ``medidd-aggregate train`` on Flower's simulation runtime, distillation
    and the FedAvg raw-data baseline; the results table is printed, and ``out/demo/index.html``
    links every report and the trained model (``report-distill/model.safetensors`` with its

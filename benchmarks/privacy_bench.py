@@ -1,4 +1,5 @@
-"""Privacy-utility benchmark on the real CT cohort (issue 5; docs/benchmarks/privacy.md).
+"""Privacy-utility benchmark on cohort v1's 4 CT patients (issue 5; docs/benchmarks/privacy_v1.md;
+cohort v2 and the canary audit: :mod:`benchmarks.privacy_v2`).
 
 Protocol:
 
@@ -25,7 +26,6 @@ rerun only redoes what is missing; ``--fresh`` ignores the cached rows.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +40,7 @@ import torch
 from medidd.atomic import atomic_write_text
 from medidd.degrade import DegradationSpec, build_degradation, default_spec
 from medidd.preprocess.slices import SliceSet
+from medidd.privacy.canaries import holdout_key
 from medidd.privacy.policy import AuditPolicy
 from medidd.train import TrainConfig, train_and_score
 
@@ -124,23 +125,13 @@ def slab_split(s: SliceSet, slab: int = SLAB, gap: int = GAP) -> tuple[SliceSet,
     member = pos < slab
     non = (pos >= slab + gap) & (pos < 2 * slab + gap)
     return (SliceSet(s.images[member], s.z[member], s.patient_key, s.modality, s.window),
-            SliceSet(s.images[non], s.z[non], slab_key(s.patient_key), s.modality, s.window))
+            SliceSet(s.images[non], s.z[non], holdout_key(s.patient_key), s.modality, s.window))
 
 
 def _slab_keys(members: list[SliceSet], holdout: list[SliceSet]) -> bool:
     """Whether ``holdout`` are the held-out slabs of ``members`` (slice-unit protocol)."""
     return len(members) == len(holdout) and all(
-        slab_key(m.patient_key) == h.patient_key for m, h in zip(members, holdout, strict=True))
-
-
-def slab_key(patient_key: str) -> str:
-    """The pseudonym of a patient's held-out slabs (derived from the patient's).
-
-    Example:
-        >>> slab_key("p-0123456789ab") != "p-0123456789ab", len(slab_key("p-0123456789ab"))
-        (True, 14)
-    """
-    return "p-" + hashlib.sha256(f"{patient_key}:held-out-slabs".encode()).hexdigest()[:12]
+        holdout_key(m.patient_key) == h.patient_key for m, h in zip(members, holdout, strict=True))
 
 
 def split_cohort(cohort: dict[str, SliceSet], unit: str
@@ -202,7 +193,7 @@ def _attack(model: dict[str, Any] | None, name: str, key: str) -> float | None:
 
 
 def _gate_attack(model: dict[str, Any] | None) -> str | None:
-    """The attack whose AUC the gate reads (highest AUC of loss / LiRA)."""
+    """The attack of the highest AUC (what the gate reads when it gates on every attack)."""
     if not model or not model["attacks"]:
         return None
     return max(model["attacks"], key=lambda a: model["attacks"][a]["auc"])
@@ -216,7 +207,7 @@ def audit_row(name: str, package: Path, members: list[SliceSet], holdout: list[S
 
     t0 = time.perf_counter()
     # slice unit: a held-out slab belongs to a member patient (LiRA must know, see run_audit)
-    owners = ({slab_key(m.patient_key): m.patient_key for m in members}
+    owners = ({holdout_key(m.patient_key): m.patient_key for m in members}
               if _slab_keys(members, holdout) else None)
     report = run_audit(package, members, holdout, policy,
                        progress=lambda s, d, n: logger.info("  %s: %s %d/%d", name, s, d, n),
@@ -251,6 +242,14 @@ def audit_row(name: str, package: Path, members: list[SliceSet], holdout: list[S
         "mia_auc_ci_lira": _attack(target, "lira", "auc_ci"),
         "mia_auc_loss_control": _attack(control, "loss", "auc"),
         "mia_auc_lira_control": _attack(control, "lira", "auc"),
+        "mia_auc_rmia": _attack(target, "rmia", "auc"),
+        "mia_auc_loss_cal": _attack(target, "loss_cal", "auc"),
+        "eps_lower_bound": summ.get("eps_lower_bound"),
+        "eps_lower_bound_control": summ.get("eps_lower_bound_control"),
+        "canary_auc": summ.get("canary_auc"),
+        "canary_auc_control": summ.get("canary_auc_control"),
+        "canary_tests": rep["canaries"]["tests"],
+        "matching": rep["matching"].get("kind"),
         "max_nn_ssim": summ.get("max_nn_ssim"),
         "max_nn_ncc": summ.get("max_nn_ncc"),
         "ideal_ssim": summ.get("ideal_ssim"),
@@ -513,7 +512,7 @@ COHORT_TEXT = {
   (distilled) = the even slabs of all 4 patients, **non-members** = the odd slabs, each
   patient's non-member slabs under their own pseudonym. Every anatomy is on both sides, so the
   attack cannot read anatomy as membership (the confound of the patient-level protocol in
-  [privacy.md](privacy.md)); utility is measured on the non-member slabs.""",
+  [privacy_v1.md](privacy_v1.md)); utility is measured on the non-member slabs.""",
 }
 COHORT_CAVEAT = {
     "patient": """- **Tiny cohort**: 2 member and 2 non-member patients. The attack scores slices,
@@ -548,7 +547,7 @@ def write_docs(rows: list[dict[str, Any]], out_dir: Path, args: argparse.Namespa
                seconds: float) -> None:
     """docs/benchmarks/privacy.{json,md,png}."""
     unit = getattr(args, "unit", "patient")
-    stem = "privacy" if unit == "patient" else "privacy_slice"
+    stem = "privacy_v1" if unit == "patient" else "privacy_slice"
     keyed = [{**{k: r.get(k) for k in KEYS}, "unit": unit, **r} for r in rows]
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(keyed, indent=1) + "\n")
     has_plot = plot(rows, out_dir / f"{stem}_tradeoff.png")
@@ -564,10 +563,10 @@ def write_docs(rows: list[dict[str, Any]], out_dir: Path, args: argparse.Namespa
     policy_text = ("the default `AuditPolicy`" if getattr(args, "full_audit", False) else
                    "the default `AuditPolicy` thresholds and a CPU-sized budget "
                    "(`bench_policy`; `--full-audit` uses the default budget)")
-    text = f"""# Privacy-utility benchmark (real CT cohort)
+    text = f"""# Privacy-utility benchmark (cohort v1: 4 real CT patients)
 
 Machine: {machine()}. Compute: {busy / 60:.1f} min summed over the rows (distillation + audit +
-downstream training; `distill_s`, `audit_s`, `train_s` in privacy.json), the page itself took
+downstream training; `distill_s`, `audit_s`, `train_s` in {stem}.json), the page itself took
 {seconds / 60:.1f} min (cached rows are not recomputed). Reproduce:
 `python -m benchmarks.privacy_bench{_flags(args)}`;
 settings: ipc {args.ipc}, matching {args.iterations} iterations x outer loop {args.outer_loop},

@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
 
         task_driven.main(["--samples", str(a.samples), "--work", str(a.work / "task_driven")])
     if "privacy" in todo:
-        from benchmarks import privacy_bench
+        from benchmarks import privacy_v2
 
-        privacy_bench.main(["--samples", str(a.samples), "--work", str(a.work / "privacy")])
+        # cohort v2 shares the distillation benchmark's DICOM tree and preprocessing cache
+        privacy_v2.main(["--samples", str(a.samples), "--work", str(a.work / "distill"),
+                         "--out-dir", str(DOCS)])
 
 
 if __name__ == "__main__":

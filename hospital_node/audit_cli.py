@@ -143,7 +143,11 @@ def _finish(report: Any, report_dir: Path, package: Path, as_json: bool) -> None
         out.print(f"audit [bold {colour}]{report.verdict.upper()}[/]  ({report.seconds:.0f} s)")
         for reason in report.reasons:
             out.print(f"  - {reason}")
-        shown = ("max_nn_ncc", "ideal_ncc", "max_nn_ssim", "gate_auc", "control_auc")
+        if report.matching:
+            out.print(f"  non-members: {report.matching['kind']}"
+                      f"{'' if report.matching['matched'] else ' (not matched)'}")
+        shown = ("eps_lower_bound", "eps_lower_bound_control", "max_nn_ncc", "ideal_ncc",
+                 "max_nn_ssim", "gate_auc", "control_auc")
         out.print("  " + ", ".join(f"{k} {summary[k]:.3f}" for k in shown if k in summary))
         out.print(f"  report: {files.html} (stays at the site), {files.json}")
         if not gate.ok:

@@ -41,5 +41,5 @@ def test_table_targets_and_plot(tmp_path: Path) -> None:
     assert pb.plot(rows, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 1000
     args = argparse.Namespace(ipc=2, iterations=10, outer_loop=2, steps=400)
     pb.write_docs(rows, tmp_path, args, 60.0)
-    assert "| spg_gm |" in (tmp_path / "privacy.md").read_text()
-    assert '"max_nn_ssim"' in (tmp_path / "privacy.json").read_text()
+    assert "| spg_gm |" in (tmp_path / "privacy_v1.md").read_text()
+    assert '"max_nn_ssim"' in (tmp_path / "privacy_v1.json").read_text()

@@ -14,6 +14,7 @@ import torch
 
 from medidd.federation.report import RunLedger, write_report
 from medidd.privacy.audit import AuditReport
+from medidd.privacy.mia.onerun import one_run_audit
 from medidd.report.audit import advice
 from medidd.report.audit import write_report as write_audit
 
@@ -55,6 +56,11 @@ def _audit(out: Path) -> Path:
                               "nearest_slice": [4, 9]}},
         pairs=(torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g)),
         roles={"p-1": "member", "p-2": "held-out"},
+        matching={"kind": "held-out slabs", "matched": True,
+                  "text": "non-members: the same patients' held-out slabs"},
+        canaries={"package": one_run_audit([0.1, 0.3, 0.2, 0.0], [True, False, True, False]),
+                  "control": one_run_audit([0.9, 0.1, 0.8, 0.0], [True, False, True, False])},
+        canary_count=4,
     )
     out.mkdir(parents=True, exist_ok=True)
     return write_audit(report, out).html
@@ -110,6 +116,8 @@ def test_audit_report_leads_with_verdict_and_advice(pages: dict[str, Path]) -> N
     body = text[text.index("<body>"):]
     assert body.index("FAILED") < body.index("Reasons")
     assert "what to do:" in text and "patient p-1" not in text  # the label is in the image
+    assert body.index("held-out slabs") < body.index("Canary tests") < body.index("PHI scan")
+    assert "control: slices the distiller saw" in text
     assert advice("positive control not detected: ...").startswith("add patients")
 
 

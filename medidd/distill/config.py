@@ -22,6 +22,7 @@ from medidd.distill.options import DMOptions, IDCOptions, TripleDOptions
 from medidd.lookup import look_up_option
 from medidd.preprocess.pipeline import PreprocessConfig
 from medidd.prior import PRIOR_KINDS
+from medidd.privacy.canaries import AuditDataConfig
 from medidd.privacy.dp import DPConfig
 
 TASKS = ("denoise", "sr")
@@ -160,6 +161,8 @@ class DistillConfig(StrictModel):
     (:func:`medidd.degrade.spec.default_spec`: 25% dose low-dose CT; x2 k-space MR SR...).
     ``min_slices`` is the fewest usable slices a patient must have to be distilled.
     ``dp`` makes ``spg_gm`` differentially private (privacy unit: one slice; per patient).
+    ``audit`` sets aside what the site's audit needs: held-out slabs of every patient (never
+    distilled) and canaries (:mod:`medidd.privacy.canaries`).
     """
 
     task: Literal["denoise", "sr"] = "denoise"
@@ -178,6 +181,7 @@ class DistillConfig(StrictModel):
     tripled: TripleDOptions = Field(default_factory=TripleDOptions)
     dp: DPConfig = Field(default_factory=DPConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    audit: AuditDataConfig = Field(default_factory=AuditDataConfig)
 
     @field_validator("task", mode="before")
     @classmethod

@@ -53,6 +53,7 @@ from medidd.package import config_hash, write_package
 from medidd.package.io import SHARD_BYTES
 from medidd.preprocess.slices import SliceSet
 from medidd.prior import Prior, build_prior
+from medidd.privacy.canaries import prepare_site
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,20 @@ def method_config(cfg: DistillConfig, spec: DegradationSpec) -> dict[str, Any]:
     data: dict[str, Any] = cfg.model_dump(mode="json")
     data["degradation"] = spec.model_dump(mode="json")
     return data
+
+
+def audit_split(cohort: list[SliceSet], cfg: DistillConfig) -> list[SliceSet]:
+    """The slices the distiller sees: each patient's member slabs, with the included
+    canaries planted (:func:`medidd.privacy.canaries.prepare_site`; the audit re-derives the
+    held-out slabs and the canaries from ``cfg.audit`` and ``cfg.seed``)."""
+    try:
+        prep = prepare_site(cohort, cfg.audit, cfg.seed)
+    except ValueError as exc:
+        raise DistillError(f"cannot distil this site:\n  {exc}") from None
+    logger.info("audit: %d held-out slices of %d patients never distilled; %d canaries "
+                "(%d included)", sum(len(h) for h in prep.holdout), len(prep.holdout),
+                len(prep.canaries), sum(c.included for c in prep.canaries))
+    return prep.distill
 
 
 def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
@@ -223,6 +238,7 @@ def distill_site(
             workers = resolve_workers(workers)
         except ValueError as exc:
             raise DistillError(str(exc)) from None
+    cohort = audit_split(cohort, cfg)
     out = Path(out)
     modality = cohort[0].modality
     spec = resolve_degradation(cfg, modality)

@@ -50,7 +50,10 @@ from medidd.package import (
     update_manifest,
 )
 from medidd.preprocess.slices import SliceSet
+from medidd.prior.region import guess_region
+from medidd.privacy.canaries import AuditDataConfig, SitePrep, canary_image_scores, prepare_site
 from medidd.privacy.membership import (
+    CanaryInputs,
     MembershipResult,
     Progress,
     attack_metrics,
@@ -62,6 +65,7 @@ from medidd.privacy.memorisation import (
     nearest_real,
     normalise_rows,
 )
+from medidd.privacy.mia.onerun import OneRunResult, one_run_audit
 from medidd.privacy.phi import scan_package_dir
 from medidd.privacy.policy import AuditPolicy
 
@@ -96,7 +100,22 @@ class AuditReport:
     #: pseudonymous patient key -> "member" / "held-out" / "other site patient" (HTML only)
     roles: dict[str, str] = field(default_factory=dict)
     gate: dict[str, float | None] = field(default_factory=dict)
+    #: how members and non-members were drawn: kind, matched, a sentence, counts
+    matching: dict[str, Any] = field(default_factory=dict)
+    #: one-run canary tests on images: "package" and "control" (model ones: ``membership``)
+    canaries: dict[str, OneRunResult] = field(default_factory=dict)
+    canary_count: int = 0
     seconds: float = 0.0
+
+    def canary_results(self) -> dict[str, OneRunResult]:
+        """Every one-run canary test: package/control images and models."""
+        out = {f"{k}_images": v for k, v in self.canaries.items()}
+        m = self.membership
+        if m is not None and m.canary_target is not None:
+            out["package_model"] = m.canary_target
+        if m is not None and m.canary_control is not None:
+            out["control_model"] = m.canary_control
+        return out
 
     @property
     def passed(self) -> bool:
@@ -120,6 +139,13 @@ class AuditReport:
                 tag = "" if attack == "loss" else f"_{attack}"
                 out[f"mia_auc{tag}{who}"] = outcome.result.auc
                 out[f"tpr_at_1fpr{tag}{who}"] = outcome.result.tpr_at_1
+        tests = self.canary_results()
+        for who in ("package", "control"):
+            found = [r for k, r in tests.items() if k.startswith(who)]
+            if found:
+                tag = "" if who == "package" else "_control"
+                out[f"eps_lower_bound{tag}"] = max(r.eps_lower_bound for r in found)
+                out[f"canary_auc{tag}"] = max(r.auc for r in found)
         for key in ("gate_auc", "control_auc"):
             if self.gate.get(key) is not None:
                 out[key] = float(self.gate[key])  # type: ignore[arg-type]
@@ -140,6 +166,9 @@ class AuditReport:
             "memorisation": self.memorisation,
             "membership": self.membership.to_dict() if self.membership else None,
             "gate": dict(self.gate),
+            "matching": dict(self.matching),
+            "canaries": {"count": self.canary_count,
+                         "tests": {k: v.to_dict() for k, v in self.canary_results().items()}},
             "summary": self.summary(),
             "seconds": round(self.seconds, 2),
         }
@@ -221,8 +250,20 @@ def _gate_value(model: Any, attacks: Sequence[str], statistic: str) -> float | N
     return max(values) if values else None
 
 
+def _canary_text(what: str, r: OneRunResult) -> str:
+    return (f"{what}: {r.v} of {r.r} inclusion guesses right over {r.m} canaries "
+            f"(epsilon lower bound {r.eps_lower_bound:.2f} at {r.confidence:.0%}, "
+            f"AUC {r.auc:.2f})")
+
+
 def decide(report: AuditReport) -> None:
-    """Fill ``report.verdict``, ``reasons``, ``notes`` and ``gate`` from the findings."""
+    """Fill ``report.verdict``, ``reasons``, ``notes`` and ``gate`` from the findings.
+
+    With canaries: **failed** when the package's images or its model carry the included
+    codes (epsilon lower bound above 0), a near-copy, PHI, or a matched membership attack above
+    ``max_mia_auc``; **inconclusive** when the canary control (the member slices as the
+    distiller saw them) is not detected; else **passed**. Without canaries (older packages),
+    the model-level control decides whether the attacks can say anything."""
     p = report.policy
     failures, inconclusive = list(report.reasons), []
     failures += [f"PHI: {f}" for f in report.phi_findings]
@@ -238,23 +279,58 @@ def decide(report: AuditReport) -> None:
                         f"above the ideal line ({rep['metric'].upper()} {rep['ideal_line']:.3f}, "
                         "closer to a patient than other patients are)")
                 (failures if p.require_below_ideal else report.notes).append(text)
+    tests = report.canary_results()
+    has_canaries = bool(tests)
+    for name, what in (("package_images", "canaries in the package's images"),
+                       ("package_model", "canaries in the package's downstream model")):
+        if name in tests and tests[name].eps_lower_bound > 0:
+            failures.append(_canary_text(what, tests[name]) + ": the package carries detail "
+                            "of the slices it was distilled from")
+    control_eps = max((r.eps_lower_bound for k, r in tests.items() if k.startswith("control")),
+                      default=None)
+    control_canary_auc = max((r.auc for k, r in tests.items() if k.startswith("control")),
+                             default=None)
+    if has_canaries and not ((control_eps or 0) >= p.min_control_eps
+                             or (control_canary_auc or 0) >= p.min_control_canary_auc):
+        inconclusive.append(
+            f"canary control not detected (epsilon lower bound {control_eps or 0:.2f}, AUC "
+            f"{control_canary_auc or 0:.2f}): the test could not find the codes even in the "
+            "slices the distiller saw; raise audit.canaries or audit.canary_amplitude")
+    matched = bool(report.matching.get("matched"))
     m = report.membership
     gate_auc = control_auc = None
     if m is None or m.status != "run":
         why = m.reason if m else "membership inference switched off (run_mia: false)"
-        inconclusive.append(f"membership inference not run: {why}")
+        (report.notes if has_canaries else inconclusive).append(
+            f"membership inference not run: {why}")
     else:
         gate_auc = _gate_value(m.target, p.gate_attacks, p.auc_statistic)
         control_auc = _gate_value(m.control, p.gate_attacks, "point")
-        if gate_auc is not None and gate_auc > p.max_mia_auc:
-            failures.append(f"membership inference: AUC {gate_auc:.3f} ({p.auc_statistic}, best "
-                            f"of {', '.join(p.gate_attacks)}) is above {p.max_mia_auc:g}")
+        above = gate_auc is not None and gate_auc > p.max_mia_auc
+        text = (f"membership inference: AUC {gate_auc:.3f} ({p.auc_statistic}, best of "
+                f"{', '.join(p.gate_attacks)}) is above {p.max_mia_auc:g}") if above else ""
+        if above and matched:
+            failures.append(text)
+        elif above:
+            report.notes.append(text + ", but members and non-members are not matched (the "
+                                "attack may read anatomy, not membership): not a failure")
+        if not matched and not has_canaries:
+            inconclusive.append("non-members are not matched to the members: re-distil with "
+                                "audit.holdout: slabs (the default) or give held-out patients "
+                                "of the same body region and protocol")
+        shown = "n/a" if control_auc is None else f"{control_auc:.3f}"
         if control_auc is None or control_auc < p.min_control_auc:
-            shown = "n/a" if control_auc is None else f"{control_auc:.3f}"
-            inconclusive.append(f"positive control not detected: AUC {shown} on a model trained "
-                                f"on the members' raw slices is below {p.min_control_auc:g}, so "
-                                "the attack cannot show that the package is safe")
+            text = (f"model-level control not detected: AUC {shown} on a model trained on the "
+                    f"members' raw slices is below {p.min_control_auc:g}")
+            if has_canaries:
+                report.notes.append(text + " (reported; the canary tests decide)")
+            else:
+                inconclusive.append(text + ", so the attack cannot show that the package is "
+                                    "safe")
     report.gate = {"gate_auc": gate_auc, "control_auc": control_auc,
+                   "canary_eps_control": control_eps,
+                   "canary_eps_package": max((r.eps_lower_bound for k, r in tests.items()
+                                              if k.startswith("package")), default=None),
                    "inconclusive": float(bool(inconclusive))}
     report.reasons = failures + inconclusive
     if failures:
@@ -288,6 +364,56 @@ def _check_slices(sets: Sequence[SliceSet], m: Manifest, what: str) -> list[str]
     if mods:
         out.append(f"{what} include {mods} patients but the package is {m.modality}")
     return out
+
+
+def audit_data_config(m: Manifest) -> AuditDataConfig | None:
+    """The ``audit`` section the package was distilled with (None: an older package)."""
+    section = (m.method_config or {}).get("audit")
+    return None if section is None else AuditDataConfig.model_validate(section)
+
+
+def _site_split(m: Manifest, members: Sequence[SliceSet], report: AuditReport
+                ) -> SitePrep | None:
+    """The distillation's split of the members (held-out slabs, canaries), re-derived from
+    the manifest; None for an older package or when some package patients are missing."""
+    cfg = audit_data_config(m)
+    if cfg is None:
+        return None
+    if len(members) != len(m.patients):
+        report.notes.append("held-out slabs and canaries not re-derived: some of the "
+                            "package's patients are missing at the site")
+        return None
+    order = {p.key: i for i, p in enumerate(m.patients)}
+    return prepare_site(sorted(members, key=lambda s: order[s.patient_key]), cfg, m.seed)
+
+
+def _patient_matching(members: Sequence[SliceSet], nonmembers: Sequence[SliceSet], kind: str
+                      ) -> dict[str, Any]:
+    """Whether whole non-member patients are of the members' body regions
+    (:func:`medidd.prior.region.guess_region`); protocol and scanner are not checked."""
+    if not nonmembers:
+        return {"kind": "none", "matched": False,
+                "text": "no non-members: the package kept no held-out slabs and no held-out "
+                        "patient was given"}
+    regions = {guess_region(s) for s in members}
+    off = sorted({guess_region(s) for s in nonmembers} - regions)
+    text = (f"members: {len(members)} package patients ({', '.join(sorted(regions))}); "
+            f"non-members: {len(nonmembers)} {kind}")
+    if off:
+        return {"kind": kind, "matched": False,
+                "text": text + f", not matched: some are {', '.join(off)} (the attack may read "
+                        "anatomy, not membership)"}
+    return {"kind": kind, "matched": True,
+            "text": text + ", matched by body region (protocol and scanner not checked)"}
+
+
+def _canary_inputs(prep: SitePrep) -> CanaryInputs:
+    index = {s.patient_key: i for i, s in enumerate(prep.members)}
+    clean = torch.stack([prep.members[index[c.patient_key]].images[c.index]
+                         for c in prep.canaries]).float()
+    planted = torch.stack([prep.distill[index[c.patient_key]].images[c.index]
+                           for c in prep.canaries]).float()
+    return CanaryInputs(prep.canaries, clean, planted)
 
 
 def run_audit(
@@ -335,12 +461,14 @@ def run_audit(
     members = [s for s in patients if s.patient_key in in_package]
     others = [s for s in patients if s.patient_key not in in_package]
     holdout = list(holdout or [])
+    other_modality = [s for s in holdout if s.modality != m.modality]
+    holdout = [s for s in holdout if s.modality == m.modality]
     problems = _check_slices([*patients, *holdout], m, "the site's")
     leaked = sorted({s.patient_key for s in holdout} & in_package)
     if leaked:
-        problems.append(f"{len(leaked)} held-out patients are in the package; "
+        problems.append(f"held-out patients {', '.join(leaked)} are in the package; "
                         f"{config_key('holdout', 'input')} must hold patients that were not "
-                        "distilled")
+                        "distilled (remove them from the held-out folder)")
     if not members:
         problems.append(f"none of the package's {len(m.patients)} patients is among the "
                         f"{len(patients)} patients given; were they pseudonymised with the same "
@@ -349,6 +477,10 @@ def run_audit(
     if problems:
         raise AuditError("cannot audit this package:\n  " + "\n  ".join(problems))
     report = AuditReport(verdict="inconclusive", policy=policy, package=_package_info(pkg))
+    if other_modality:
+        report.notes.append(f"{len(other_modality)} held-out patients are not "
+                            f"{m.modality} ({', '.join(s.modality for s in other_modality)}): "
+                            "left out of the audit")
     missing = len(in_package) - len(members)
     if missing:
         report.notes.append(f"{missing} of the package's {len(m.patients)} patients were not "
@@ -366,13 +498,37 @@ def run_audit(
                     **{s.patient_key: "member" for s in members}}
     if progress:
         progress("memorisation", 1, 1)
+    prep = _site_split(m, members, report)
+    owner: Mapping[str, str] | None
+    if prep is not None and prep.holdout:
+        mem_sets, non_sets, owner = prep.members, prep.holdout, prep.holdout_of
+        report.matching = {
+            "kind": "held-out slabs", "matched": True,
+            "text": (f"members: the distilled slabs of {len(prep.members)} patients; "
+                     f"non-members: {len(prep.holdout)} of the same patients' held-out slabs "
+                     "(never distilled; a gap between them): same patient, scanner, protocol "
+                     "and region, only membership differs")}
+    else:
+        mem_sets, non_sets, owner = members, holdout or others, holdout_of
+        report.matching = _patient_matching(members, non_sets, "held-out patients" if holdout
+                                            else "other site patients")
+    canaries = None
+    if prep is not None and prep.canaries:
+        report.canary_count = len(prep.canaries)
+        included = [c.included for c in prep.canaries]
+        seen = torch.cat([s.images for s in prep.distill])
+        for who, images in (("package", pkg.hq), ("control", seen)):
+            report.canaries[who] = one_run_audit(
+                canary_image_scores(images, prep.canaries), included,
+                confidence=policy.canary_confidence)
+        canaries = _canary_inputs(prep)
     if policy.run_mia:
         window = tuple(m.window) if m.modality == "CT" else (0.0, 1.0)
         degrade = build_degradation(m.degradation, window,  # type: ignore[arg-type]
                                     fast=policy.fast_degradation)
         ranges = [(p.key, p.start, p.stop) for p in m.patients]
-        report.membership = audit_membership(pkg.hq, ranges, members, holdout or others,
-                                             degrade, policy, progress, holdout_of)
+        report.membership = audit_membership(pkg.hq, ranges, mem_sets, non_sets, degrade,
+                                             policy, progress, owner, canaries)
         report.notes += report.membership.notes
     decide(report)
     report.seconds = time.perf_counter() - t0

@@ -45,12 +45,17 @@ from torch import nn
 
 from medidd.degrade import DegradationSpec, build_degradation, draw_lq
 from medidd.preprocess.slices import SliceSet
+from medidd.privacy.canaries import Canary, canary_residual_scores
 from medidd.privacy.mia.losses import per_image_losses
+from medidd.privacy.mia.onerun import OneRunResult, one_run_audit
 from medidd.privacy.mia.scores import (
     AttackResult,
+    calibrated_loss_scores,
     evaluate_attack,
     lira_scores,
     loss_threshold_scores,
+    mse_likelihood,
+    rmia_scores,
 )
 from medidd.seeds import derive
 from medidd.train import TrainConfig, evaluate_enhancer, train_enhancer
@@ -68,13 +73,16 @@ class EvalSet:
     hq: torch.Tensor
     lq: torch.Tensor
     keys: list[str]
+    #: further LQ draws of the same slices (scores average the loss over every draw)
+    lq_extra: tuple[torch.Tensor, ...] = ()
 
     @property
     def patients(self) -> list[str]:
         return list(dict.fromkeys(self.keys))
 
     def subset(self, index: torch.Tensor) -> EvalSet:
-        return EvalSet(self.hq[index], self.lq[index], [self.keys[int(i)] for i in index])
+        return EvalSet(self.hq[index], self.lq[index], [self.keys[int(i)] for i in index],
+                       tuple(x[index] for x in self.lq_extra))
 
     def of(self, keys: set[str]) -> torch.Tensor:
         """Indices of the slices of ``keys``."""
@@ -93,22 +101,25 @@ def even_indices(n: int, limit: int | None) -> torch.Tensor:
     return torch.linspace(0, n - 1, limit).round().long()
 
 
-def eval_set(sets: Sequence[SliceSet], *, seed: int, limit: int | None, degrade: Degrade
-             ) -> EvalSet:
-    """Evenly thinned slices of every patient (at most ``limit`` each) with one LQ draw each,
-    drawn by :func:`~medidd.degrade.draw_lq` with ``derive(seed, patient key, slice index)``:
-    the same slice always gets the same LQ."""
+def eval_set(sets: Sequence[SliceSet], *, seed: int, limit: int | None, degrade: Degrade,
+             draws: int = 1) -> EvalSet:
+    """Evenly thinned slices of every patient (at most ``limit`` each) with ``draws`` LQ draws
+    each, drawn by :func:`~medidd.degrade.draw_lq` with ``derive(seed, patient key, slice
+    index)`` (further draws tagged by their number): the same slice always gets the same LQ."""
     hq, lq, keys = [], [], []
     for s in sets:
         idx = even_indices(len(s), limit)
         for i in idx.tolist():
             x = s.images[i : i + 1].float()
             hq.append(x)
-            lq.append(draw_lq(x, degrade, seed, s.patient_key, start=i))
+            lq.append(torch.cat([draw_lq(x, degrade, seed, s.patient_key, start=i)]
+                                + [draw_lq(x, degrade, seed, "draw", d, s.patient_key, start=i)
+                                   for d in range(1, draws)]))
             keys.append(s.patient_key)
     if not hq:
         raise ValueError("no slices to score")
-    return EvalSet(torch.cat(hq), torch.cat(lq), keys)
+    stacked = torch.stack(lq, dim=1)  # (draws, N, 1, H, W)
+    return EvalSet(torch.cat(hq), stacked[0], keys, tuple(stacked[1:]))
 
 
 def complementary_halves(keys: Sequence[str], n_models: int, seed: int) -> list[set[str]]:
@@ -142,8 +153,11 @@ def train_model(hq: torch.Tensor, cfg: TrainConfig, degrade: Degrade, seed: int,
 
 
 def losses(model: nn.Module, ev: EvalSet) -> np.ndarray:
-    """Per-slice MSE of ``model`` on ``ev`` (float64)."""
-    return per_image_losses(model, ev.lq, ev.hq, batch_size=16).mse.numpy()
+    """Per-slice MSE of ``model`` on ``ev`` (float64), averaged over every LQ draw: the noise
+    of one draw no longer hides the model's fit to the slice."""
+    per_draw = [per_image_losses(model, lq, ev.hq, batch_size=16).mse.numpy()
+                for lq in (ev.lq, *ev.lq_extra)]
+    return np.mean(per_draw, axis=0)
 
 
 @dataclass
@@ -185,7 +199,9 @@ def attack_model(
     holdout_of: Mapping[str, str] | None = None,
 ) -> ModelAttacks:
     """Loss attack on ``target`` and, with ``references`` (model, patient keys it was trained
-    on), offline LiRA; members are OUT for the references without their patient.
+    on), offline LiRA, RMIA (the non-members are its population) and the difficulty-calibrated
+    loss attack (``loss_cal``: the OUT references' mean loss minus the target's); members are
+    OUT for the references without their patient.
 
     ``holdout_of`` maps a non-member unit to the member patient it was taken from (held-out
     slices of a distilled patient): a reference trained on that patient saw the same body, so
@@ -214,10 +230,22 @@ def attack_model(
             non = losses(model, nonmembers)
             non[np.array([owner.get(k) in trained_on for k in nonmembers.keys])] = np.nan
             ref_out.append(np.concatenate([mem, non]))
-        scores = lira_scores(np.concatenate([t_mem, t_non]), None, np.stack(ref_out),
+        refs = np.stack(ref_out)
+        scores = lira_scores(np.concatenate([t_mem, t_non]), None, refs,
                              pooled_variance=len(references) // 2 < 8)
         n = len(t_mem)
         out.attacks["lira"] = summarise(scores[:n], scores[n:])
+        # difficulty calibration: how well a model that never saw the slice does on it
+        difficulty = np.nanmean(refs, axis=0)
+        cal = calibrated_loss_scores(np.concatenate([t_mem, t_non]), difficulty)
+        out.attacks["loss_cal"] = summarise(cal[:n], cal[n:])
+        # RMIA against the non-members as population (one likelihood scale: the target's
+        # median non-member MSE)
+        tau = float(np.median(t_non)) or 1e-12
+        lik_t = mse_likelihood(np.concatenate([t_mem, t_non]), tau)
+        lik_r = np.where(np.isfinite(refs), mse_likelihood(np.nan_to_num(refs), tau), np.nan)
+        rm = rmia_scores(lik_t, lik_r, lik_t[n:], lik_r[:, n:])
+        out.attacks["rmia"] = summarise(rm[:n], rm[n:])
         out.n_references = len(references)
     return out
 
@@ -227,9 +255,36 @@ def _report(progress: Progress | None, stage: str, done: int, total: int) -> Non
         progress(stage, done, total)
 
 
+@dataclass(frozen=True)
+class CanaryInputs:
+    """The site's canaries for the model-level one-run test: the canaries, their clean slices
+    (m, 1, H, W) and the slices as the distiller saw them (code planted where included)."""
+
+    canaries: Sequence[Canary]
+    clean: torch.Tensor
+    planted: torch.Tensor
+
+    @property
+    def included(self) -> np.ndarray:
+        return np.array([c.included for c in self.canaries], dtype=bool)
+
+
+def canary_model_test(model: nn.Module, inputs: CanaryInputs, degrade: Degrade, seed: int,
+                      confidence: float) -> OneRunResult:
+    """One-run test of ``model``: does its output on the LQ of each *clean* canary slice carry
+    the slice's code (it learnt the code from the slices it was trained on)?"""
+    lq = draw_lq(inputs.clean, degrade, seed, "canary-test")
+    with torch.no_grad():
+        model.eval()
+        out = torch.cat([model(lq[a : a + 16]) for a in range(0, lq.shape[0], 16)])
+    scores = canary_residual_scores(out, inputs.clean, inputs.canaries)
+    return one_run_audit(scores, inputs.included, confidence=confidence)
+
+
 @dataclass
 class MembershipResult:
-    """What the membership-inference part of the audit found (``status`` run / not_run)."""
+    """What the membership-inference part of the audit found (``status`` run / not_run);
+    ``canary_target`` / ``canary_control``: the model-level one-run canary tests."""
 
     status: str
     reason: str | None = None
@@ -237,12 +292,17 @@ class MembershipResult:
     control: ModelAttacks | None = None
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    canary_target: OneRunResult | None = None
+    canary_control: OneRunResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "counts": self.counts,
                 "notes": self.notes,
                 "target": self.target.to_dict() if self.target else None,
-                "control": self.control.to_dict() if self.control else None}
+                "control": self.control.to_dict() if self.control else None,
+                "canary_target": self.canary_target.to_dict() if self.canary_target else None,
+                "canary_control": (self.canary_control.to_dict() if self.canary_control
+                                   else None)}
 
 
 def audit_membership(
@@ -254,6 +314,7 @@ def audit_membership(
     policy: Any,
     progress: Progress | None = None,
     holdout_of: Mapping[str, str] | None = None,
+    canaries: CanaryInputs | None = None,
 ) -> MembershipResult:
     """Target, references and positive control; see the module docstring.
 
@@ -267,14 +328,19 @@ def audit_membership(
         progress: ``(stage, done, total)`` after every trained model.
         holdout_of: non-member key -> the member patient it was taken from, for held-out
             slices of distilled patients (see :func:`attack_model`).
+        canaries: the site's canaries: the package model and the control (trained on the
+            canary slices as the distiller saw them, besides its member slices) get the
+            one-run canary test (:func:`canary_model_test`).
     """
     if not nonmembers:
         return MembershipResult("not_run", "no held-out patients: give a held-out patients "
                                 "folder, or keep some of the site's patients out of the package")
     seed = policy.seed
-    mem = eval_set(members, seed=seed, limit=policy.max_eval_slices_per_patient, degrade=degrade)
+    draws = policy.lq_draws
+    mem = eval_set(members, seed=seed, limit=policy.max_eval_slices_per_patient, degrade=degrade,
+                   draws=draws)
     non = eval_set(nonmembers, seed=seed, limit=policy.max_eval_slices_per_patient,
-                   degrade=degrade)
+                   degrade=degrade, draws=draws)
     result = MembershipResult("run")
     n_refs = policy.n_reference_models
     pkg_keys = [k for k, _, _ in package_patients]
@@ -304,17 +370,28 @@ def audit_membership(
             _report(progress, "package references", done, total)
     result.target = attack_model(target, mem, non, refs, n_boot=policy.n_boot,
                                  alpha=policy.alpha, seed=seed, holdout_of=holdout_of)
+    if canaries is not None:
+        result.canary_target = canary_model_test(target, canaries, degrade, seed,
+                                                 policy.canary_confidence)
 
     # positive control: the members' raw slices
     idx = torch.cat([mem.of({k})[even_indices(len(mem.of({k})), policy.control_slices_per_patient)]
                      for k in mem.patients])
     ctl = mem.subset(idx)
 
-    def control_model(keys: set[str], s: int) -> nn.Module:
+    def control_model(keys: set[str], s: int, extra: torch.Tensor | None = None) -> nn.Module:
         part = ctl.subset(ctl.of(keys))
-        return train_model(part.hq, policy.control, degrade, s, lq=part.lq)
+        hq, lq = part.hq, part.lq
+        if extra is not None:  # the canary slices as the distiller saw them, fixed pairs too
+            hq = torch.cat([hq, extra])
+            lq = torch.cat([lq, draw_lq(extra, degrade, seed, "canary-train")])
+        return train_model(hq, policy.control, degrade, s, lq=lq)
 
-    control = control_model(set(ctl.patients), derive(seed, 4))
+    control = control_model(set(ctl.patients), derive(seed, 4),
+                            canaries.planted if canaries is not None else None)
+    if canaries is not None:
+        result.canary_control = canary_model_test(control, canaries, degrade, seed,
+                                                  policy.canary_confidence)
     done += 1
     _report(progress, "control model", done, total)
     crefs: list[tuple[nn.Module, set[str]]] = []

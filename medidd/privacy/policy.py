@@ -14,15 +14,21 @@ The numbers and why they are what they are:
   bootstrap resamples whole patients; the point estimate and the number of patients, both in
   the report, are the honest reading.
 - ``gate_attacks``: which attacks the verdict reads (the highest AUC among them counts).
-- ``min_control_auc`` 0.7: the positive control (a model trained on the members' raw slices)
-  must be detected at least this well by the gate attacks, otherwise the audit is inconclusive.
+- ``min_control_auc`` 0.7: the model-level control (a model trained on the members' raw slices)
+  is detected when the gate attacks reach this AUC. Reported; it decides the verdict only when
+  the package has no canaries (older packages, ``audit.canaries: 0``).
+- canaries (:mod:`medidd.privacy.canaries`): the package is **detected** when the one-run
+  canary test on its images or on its model gives an epsilon lower bound above 0 at
+  ``canary_confidence``; the **canary control** (the same test on the member slices as the
+  distiller saw them) must reach ``min_control_eps`` or ``min_control_canary_auc``, otherwise
+  the audit is inconclusive.
 - ``allow_inconclusive`` False: an inconclusive audit (no non-members, or a control the attacks
   cannot detect) does not pass. True records it as passed *with* the reason, for demos.
 
 Example:
     >>> p = AuditPolicy()
     >>> p.near_copy_ncc, p.max_mia_auc, p.gate_attacks, p.target.net.name
-    (0.95, 0.6, ['loss', 'lira'], 'dncnn')
+    (0.95, 0.6, ['loss', 'rmia'], 'dncnn')
     >>> AuditPolicy.model_validate({"gate_attacks": ["lria"]})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -39,7 +45,8 @@ from medidd.lookup import look_up_option
 from medidd.nets import NetConfig
 from medidd.train import TrainConfig
 
-ATTACKS = ("loss", "lira")
+ATTACKS = ("loss", "lira", "rmia", "loss_cal")
+REFERENCE_ATTACKS = ("lira", "rmia", "loss_cal")
 AUC_STATISTICS = ("point", "upper")
 
 
@@ -72,10 +79,17 @@ class AuditPolicy(StrictModel):
     run_mia: bool = True
     max_mia_auc: float = Field(0.6, ge=0.5, le=1)
     auc_statistic: str = "point"
-    gate_attacks: list[str] = Field(default_factory=lambda: list(ATTACKS), min_length=1)
+    gate_attacks: list[str] = Field(default_factory=lambda: ["loss", "rmia"], min_length=1)
     min_control_auc: float = Field(0.7, ge=0.5, le=1)
     allow_inconclusive: bool = False
-    n_reference_models: int = Field(4, ge=0, description="LiRA references (even; 0 = no LiRA)")
+    n_reference_models: int = Field(
+        2, ge=0, description="references of LiRA/RMIA/loss_cal (even; 0 = loss attack only)")
+    lq_draws: int = Field(2, ge=1, le=16, description="LQ draws per scored slice (averaged)")
+    # canaries (one-run audit)
+    canary_confidence: float = Field(0.95, gt=0.5, lt=1)
+    min_control_eps: float = Field(1.0, gt=0, description="canary control: detected at this "
+                                   "epsilon lower bound ...")
+    min_control_canary_auc: float = Field(0.8, ge=0.5, le=1, description="... or this AUC")
     max_eval_slices_per_patient: int | None = Field(64, ge=1)
     control_slices_per_patient: int = Field(8, ge=1)
     fast_degradation: bool = Field(
@@ -104,7 +118,8 @@ class AuditPolicy(StrictModel):
             raise ValueError(
                 f"n_reference_models must be even (complementary halves), got "
                 f"{self.n_reference_models}")
-        if "lira" in self.gate_attacks and self.n_reference_models == 0 and self.run_mia:
-            raise ValueError("gate_attacks names 'lira' but n_reference_models is 0; train "
-                             "references (e.g. 4) or gate on 'loss' only")
+        needs = sorted(set(self.gate_attacks) & set(REFERENCE_ATTACKS))
+        if needs and self.n_reference_models == 0 and self.run_mia:
+            raise ValueError(f"gate_attacks names {needs} but n_reference_models is 0; train "
+                             "references (e.g. 2) or gate on 'loss' only")
         return self

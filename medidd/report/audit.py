@@ -29,7 +29,8 @@ from medidd.report.plots import histogram_figure, memorisation_figure, pairs_fig
 
 #: Keys every report.json has at the top level (documented in docs/privacy.md).
 JSON_KEYS = ("format", "software_version", "verdict", "passed", "reasons", "notes", "package",
-             "policy", "phi", "memorisation", "membership", "gate", "summary", "seconds")
+             "policy", "phi", "memorisation", "membership", "gate", "matching", "canaries",
+             "summary", "seconds")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ def _fmt(v: Any) -> str:
 
 #: What to do about a reason, by a phrase it contains (first match wins).
 ADVICE: tuple[tuple[str, str], ...] = (
+    ("canary control not detected",
+     "re-distil with more canaries (audit.canaries) or stronger ones (audit.canary_amplitude): "
+     "the test could not find them even in the slices the distiller saw"),
+    ("canaries in the package",
+     "re-distil with DP (--dp) or fewer images per patient: the package carries detail of "
+     "individual slices"),
+    ("not matched",
+     "re-distil with audit.holdout: slabs (the default) so members and non-members are the "
+     "same patients, or give held-out patients of the same region and protocol"),
     ("positive control not detected",
      "add patients (members and held-out): with few patients the attack is underpowered and "
      "cannot show the package is safe; re-run the audit"),
@@ -107,6 +117,11 @@ def _why(report: AuditReport) -> str:
         tail = f" (and {more} more reason{'s' if more > 1 else ''} below)" if more else ""
         return f"{report.reasons[0]}{tail}."
     if report.verdict == "passed":
+        tests = report.canary_results()
+        if "control_images" in tests:
+            return (f"the {report.canary_count} codes planted in the site's slices are found "
+                    "in the slices the distiller saw (the control) but not in the package or a "
+                    "model trained on it, and no shipped image is a copy of a real slice.")
         return "every check passed under the policy below."
     return "see the notes below."
 
@@ -137,7 +152,7 @@ def _cohort(report: AuditReport) -> str:
         return "<p>Membership inference was not run, so no patients were compared.</p>"
     rows = [("members (patients distilled into the package)",
              f"{_n(c.get('member_patients'), 'patient')}, {_n(c.get('member_slices'), 'slice')}"),
-            ("non-members (held-out patients)",
+            ("non-members (held-out slabs or patients)",
              f"{_n(c.get('nonmember_patients'), 'patient')}, "
              f"{_n(c.get('nonmember_slices'), 'slice')}"),
             ("positive control training slices", _n(c.get("control_slices"), "slice"))]
@@ -148,6 +163,22 @@ def _list(items: list[str]) -> str:
     if not items:
         return "<p>none</p>"
     return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _canary_rows(report: AuditReport) -> str:
+    tests = report.canary_results()
+    if not tests:
+        return ("<p>No canaries: the package was distilled without them (audit.canaries: 0, or "
+                "an older package).</p>")
+    names = {"package_images": "package images", "package_model": "model trained on the package",
+             "control_images": "control: slices the distiller saw",
+             "control_model": "control: model trained on those slices"}
+    head = ("<tr><th>test</th><th>canaries</th><th>included</th><th>guesses</th><th>right</th>"
+            "<th>epsilon lower bound</th><th>AUC</th><th>TPR@1%FPR</th></tr>")
+    rows = [f"<tr><td>{names.get(k, k)}</td><td>{r.m}</td><td>{r.n_included}</td><td>{r.r}</td>"
+            f"<td>{r.v}</td><td>{r.eps_lower_bound:.2f} ({r.confidence:.0%})</td>"
+            f"<td>{r.auc:.3f}</td><td>{r.tpr_at_1fpr:.3f}</td></tr>" for k, r in tests.items()]
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _attack_rows(report: AuditReport) -> str:
@@ -231,7 +262,16 @@ def report_html(report: AuditReport) -> str:
         "<p class='warn'>This page shows real patient slices: keep it at the site. "
         "report.json holds the same numbers without images.</p>",
         "<h2>Reasons and what to do</h2>", _reasons(report.reasons),
+        "<h2>How members and non-members were drawn</h2>",
+        f"<p>{html.escape(report.matching.get('text', 'n/a'))}</p>",
         "<h2>Patients and slices compared</h2>", _cohort(report),
+        "<h2>Canary tests (one training run)</h2>", _canary_rows(report),
+        "<p>Before distillation, some slices got a faint unique chequerboard code, each by a "
+        "coin flip. If the package (or a model trained on it) carries the included codes more "
+        "than the excluded ones, it keeps detail of individual slices; the number of right "
+        "inclusion guesses gives a lower bound on its epsilon (0 = no evidence of leakage). "
+        "The control runs the same test on the slices the distiller saw: it must find them, "
+        "or the test proves nothing.</p>",
         "<h2>Notes</h2>", _list(report.notes),
         "<h2>Package</h2>", _table(list(report.package.items())),
         "<h2>Summary</h2>", _table(sorted(s.items())),
@@ -241,8 +281,11 @@ def report_html(report: AuditReport) -> str:
                 ("fail above the ideal line", p.require_below_ideal),
                 ("max membership AUC", f"{p.max_mia_auc} ({p.auc_statistic})"),
                 ("gate attacks", ", ".join(p.gate_attacks)),
-                ("min control AUC", p.min_control_auc),
-                ("LiRA reference models", p.n_reference_models),
+                ("min control AUC (model level)", p.min_control_auc),
+                ("canary control: min epsilon bound / AUC",
+                 f"{p.min_control_eps} / {p.min_control_canary_auc}"),
+                ("reference models (LiRA, RMIA)", p.n_reference_models),
+                ("LQ draws per scored slice", p.lq_draws),
                 ("inconclusive passes", p.allow_inconclusive)]),
         "<h2>PHI scan</h2>", _list(report.phi_findings),
         "<h2>Membership inference</h2>", _attack_rows(report),
@@ -251,8 +294,8 @@ def report_html(report: AuditReport) -> str:
         "are correlated); with one patient per side nothing can move, so they read n/a. "
         "members / non-members count slices; the table above gives patients. The positive "
         "control is "
-        "the same attack on a model trained on the members' raw slices: if it is not detected, "
-        "the audit is inconclusive.</p>",
+        "the same attack on a model trained on the members' raw slices; with canaries it is "
+        "reported, without them it decides whether the audit is conclusive.</p>",
         *_figures(report),
         "</body></html>",
     ]

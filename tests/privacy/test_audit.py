@@ -70,6 +70,17 @@ def atlas_pkg(members: list[SliceSet], tmp_path_factory: pytest.TempPathFactory)
     return distill_site(members, cfg, out).package
 
 
+@pytest.fixture(scope="module")
+def bare_pkg(members: list[SliceSet], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The atlas package distilled without held-out slabs or canaries (as before issue 14)."""
+    cfg = DistillConfig.model_validate({"method": "prior_only", "prior": {"kind": "atlas"},
+                                        "ipc": 2, "device": "cpu", "degradation": SPEC,
+                                        "preprocess": {"size": SIZE},
+                                        "audit": {"holdout": "none", "canaries": 0}})
+    out = tmp_path_factory.mktemp("pkgs") / "bare"
+    return distill_site(members, cfg, out).package
+
+
 def _planted(atlas_pkg: Path, members: list[SliceSet], out: Path) -> Path:
     """The atlas package with its first image replaced by a real slice of a member."""
     pkg = read_package(atlas_pkg)
@@ -96,13 +107,60 @@ def full_audit(atlas_pkg: Path, site: list[SliceSet]):  # type: ignore[no-untype
     return report, stages
 
 
-def test_atlas_package_passes_memorisation(atlas_pkg: Path, site: list[SliceSet]) -> None:
+def test_atlas_package_passes_on_its_canaries(atlas_pkg: Path, site: list[SliceSet]) -> None:
+    """Without membership inference the canary tests decide: the control (the slices the
+    distiller saw) carries the included codes, the atlas package does not."""
     report = run_audit(atlas_pkg, site, None, AuditPolicy(run_mia=False))
     ncc = report.memorisation["ncc"]
     assert ncc["n_above_near_copy"] == 0
     assert ncc["max"] < 0.95
-    assert not any(r.startswith("memorisation") for r in report.reasons)
-    # membership inference off: the audit must not silently pass
+    tests = report.canary_results()
+    assert set(tests) == {"package_images", "control_images"}
+    assert 32 <= report.canary_count <= 64  # auto: at most half of the member slices
+    control, package = tests["control_images"], tests["package_images"]
+    assert control.eps_lower_bound >= 1.0 and control.auc > 0.95
+    assert package.eps_lower_bound == 0.0
+    assert report.verdict == "passed", report.reasons
+    assert any("membership inference not run" in n for n in report.notes)
+    assert report.matching["kind"] == "held-out slabs" and report.matching["matched"]
+
+
+def test_package_of_seen_slices_fails_on_its_canaries(atlas_pkg: Path, members: list[SliceSet],
+                                                      site: list[SliceSet],
+                                                      tmp_path: Path) -> None:
+    """A package of real member slices as the distiller saw them (the first 24 of each
+    patient: about a third of the canaries) ships the included codes: detected, failed."""
+    from medidd.privacy.canaries import prepare_site
+
+    m = read_package(atlas_pkg).manifest
+    cfg = DistillConfig.model_validate(m.method_config)
+    prep = prepare_site(members, cfg.audit, m.seed)
+    hq = torch.cat([s.images[:24] for s in prep.distill])
+    pkg = write_package(tmp_path / "seen", hq, hq, task=m.task, modality=m.modality,
+                        degradation=m.degradation, window=tuple(m.window),
+                        patients=[(s.patient_key, 24) for s in prep.distill], ipc=24,
+                        method="random", seed=m.seed, method_config=m.method_config)
+    report = run_audit(pkg, site, None, AuditPolicy(run_mia=False))
+    assert report.canary_results()["package_images"].eps_lower_bound > 0
+    assert report.verdict == "failed"
+    assert any(r.startswith("canaries in the package's images") for r in report.reasons)
+
+
+def test_too_many_canaries_is_refused_before_any_work(members: list[SliceSet],
+                                                      tmp_path: Path) -> None:
+    from medidd.distill.run import DistillError
+
+    cfg = DistillConfig.model_validate({"method": "prior_only", "device": "cpu",
+                                        "degradation": SPEC, "preprocess": {"size": SIZE},
+                                        "audit": {"canaries": 10_000}})
+    with pytest.raises(DistillError, match=r"audit.canaries=10000 is more than the site allows"):
+        distill_site(members, cfg, tmp_path / "pkg")
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_package_without_canaries_or_nonmembers_is_inconclusive(
+        bare_pkg: Path, members: list[SliceSet]) -> None:
+    report = run_audit(bare_pkg, members, None, AuditPolicy(run_mia=False))
     assert report.verdict == "inconclusive"
     assert any("membership inference not run" in r for r in report.reasons)
 
@@ -131,11 +189,12 @@ def test_dicom_in_package_fails_phi(atlas_pkg: Path, site: list[SliceSet], dicom
     assert any(r.startswith("PHI: extra.bin") and "DICOM" in r for r in report.reasons)
 
 
-def test_no_heldout_patient_is_inconclusive(atlas_pkg: Path, members: list[SliceSet]) -> None:
-    strict = run_audit(atlas_pkg, members, None, AuditPolicy())
+def test_no_heldout_patient_is_inconclusive(bare_pkg: Path, members: list[SliceSet]) -> None:
+    """No canaries, no held-out slabs, no held-out patient: nothing can say yes or no."""
+    strict = run_audit(bare_pkg, members, None, AuditPolicy())
     assert strict.verdict == "inconclusive" and not strict.passed
     assert strict.membership is not None and strict.membership.status == "not_run"
-    loose = run_audit(atlas_pkg, members, None, AuditPolicy(allow_inconclusive=True))
+    loose = run_audit(bare_pkg, members, None, AuditPolicy(allow_inconclusive=True))
     assert loose.verdict == "passed"
     assert any("allow_inconclusive" in n for n in loose.notes)
 
@@ -152,8 +211,14 @@ def test_full_audit_runs_every_part(full_audit) -> None:  # type: ignore[no-unty
     report, stages = full_audit
     m = report.membership
     assert m is not None and m.status == "run"
+    # non-members: the held-out slabs of the 2 member patients (matched), not other patients
     assert m.counts["member_patients"] == 2 and m.counts["nonmember_patients"] == 2
-    assert set(m.target.attacks) == {"loss", "lira"} == set(m.control.attacks)
+    assert report.matching["matched"]
+    assert set(m.target.attacks) == {"loss", "lira", "rmia", "loss_cal"} == set(
+        m.control.attacks)
+    assert m.canary_target is not None and m.canary_control is not None
+    assert set(report.canary_results()) == {"package_images", "package_model",
+                                            "control_images", "control_model"}
     assert m.target.n_references == 2
     assert {"package model", "package references", "control model",
             "control references", "memorisation"} <= set(stages)
@@ -290,3 +355,29 @@ def test_memorising_preset_runs_end_to_end(atlas_pkg: Path, site: list[SliceSet]
     assert set(m.target.attacks) == {"loss"} == set(m.control.attacks)
     assert "package references" not in stages and "control references" not in stages
     assert report.gate["control_auc"] == m.control.attacks["loss"].result.auc
+
+
+def test_holdout_inside_the_package_is_refused_by_name(atlas_pkg: Path, site: list[SliceSet],
+                                                       members: list[SliceSet]) -> None:
+    with pytest.raises(AuditError, match=members[0].patient_key):
+        run_audit(atlas_pkg, site, [members[0]], AuditPolicy(run_mia=False))
+
+
+def test_non_members_of_another_region_are_not_matched(site: list[SliceSet],
+                                                       tmp_path: Path) -> None:
+    """A chest package (lung1, no held-out slabs) against an abdomen: reported as not matched,
+    and without canaries the verdict cannot rest on it; a chest non-member is matched."""
+    cfg = DistillConfig.model_validate({"method": "prior_only", "prior": {"kind": "atlas"},
+                                        "ipc": 2, "device": "cpu", "degradation": SPEC,
+                                        "preprocess": {"size": SIZE},
+                                        "audit": {"holdout": "none", "canaries": 0}})
+    pkg = distill_site([site[2]], cfg, tmp_path / "chest").package
+    policy = AuditPolicy.model_validate({**FAST, "n_reference_models": 0,
+                                         "gate_attacks": ["loss"]})
+    abdomen = run_audit(pkg, [site[2]], [site[0]], policy)
+    assert abdomen.matching["kind"] == "held-out patients" and not abdomen.matching["matched"]
+    assert "abdomen" in abdomen.matching["text"]
+    assert abdomen.verdict != "passed"
+    assert any("not matched" in r for r in abdomen.reasons)
+    chest = run_audit(pkg, [site[2]], [site[3]], AuditPolicy(run_mia=False))
+    assert chest.matching["matched"], chest.matching

@@ -65,7 +65,7 @@ def test_json_is_strict_and_complete(report: AuditReport) -> None:
     assert doc["memorisation"]["ncc"]["near_copy_line"] == 0.95
     assert isinstance(doc["memorisation"]["ncc"]["ideal_line"], float)
     target = doc["membership"]["target"]["attacks"]
-    assert set(target) == {"loss", "lira"}
+    assert set(target) == {"loss", "lira", "rmia", "loss_cal"}
     assert set(target["loss"]) >= {"auc", "auc_ci", "tpr_at_1", "tpr_at_0_1", "n_members"}
     assert all(math.isfinite(v) for v in doc["summary"].values())
     assert "base64" not in text and "dicom" not in text.lower()

@@ -400,3 +400,95 @@ def lira_scores(
         )
     mu_in, sd_in = fit_gaussian(inn, min_std=min_std, pooled=pooled_variance)
     return _gauss_logpdf(target, mu_in, sd_in) - _gauss_logpdf(target, mu_out, sd_out)
+
+
+def calibrated_loss_scores(losses: Any, difficulty: Any) -> np.ndarray:
+    """Difficulty-calibrated loss attack (Watson et al. 2022; Shafran, Peleg & Hoshen 2021 for
+    image translation): score = difficulty - loss, where ``difficulty`` is how hard the example
+    is for a model that never saw it (e.g. the mean loss of OUT references, or of a fixed
+    classical filter). An image that is simply easy to denoise no longer looks like a member.
+
+    Example:
+        >>> calibrated_loss_scores([0.1, 0.1], [0.1, 0.3]).round(3).tolist()
+        [0.0, 0.2]
+    """
+    loss = _as_scores(losses, "losses")
+    diff = _as_scores(difficulty, "difficulty")
+    if loss.shape != diff.shape:
+        raise ValueError(f"{loss.size} losses for {diff.size} difficulty values")
+    return diff - loss
+
+
+def mse_likelihood(mse: Any, scale: float) -> np.ndarray:
+    """A per-image "probability" ``exp(-mse / scale)`` in (0, 1] for likelihood-ratio attacks
+    on regression models (RMIA needs values on one scale for the target and its references;
+    ``scale`` is fixed once per audit, e.g. the median population MSE of the target).
+
+    Example:
+        >>> mse_likelihood([0.0, 1.0], scale=1.0).round(4).tolist()
+        [1.0, 0.3679]
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    arr = np.asarray(mse, dtype=np.float64)
+    if np.any(arr < 0):
+        raise ValueError("per-image losses must be non-negative")
+    return np.asarray(np.exp(-arr / scale))
+
+
+def _rmia_marginal(ref_out: np.ndarray, a: float) -> np.ndarray:
+    """Pr(x) from OUT references only (Zarifzadeh et al. 2024, offline):
+    ``((1 + a) * mean_OUT + (1 - a)) / 2``, NaN-aware (NaN = the reference saw x)."""
+    count = np.sum(np.isfinite(ref_out), axis=0)
+    if np.any(count == 0):
+        raise ValueError(f"{int((count == 0).sum())} examples have no OUT reference; train "
+                         "more references")
+    return np.asarray(0.5 * ((1.0 + a) * np.nanmean(ref_out, axis=0) + (1.0 - a)))
+
+
+def rmia_scores(
+    target: Any,
+    references_out: Any,
+    population_target: Any,
+    population_references: Any,
+    *,
+    a: float = 0.3,
+    gamma: float = 1.0,
+) -> np.ndarray:
+    """RMIA (Zarifzadeh, Liu, Hui, Shokri; ICML 2024), offline, built to work with 1-4
+    references: the fraction of population samples ``z`` that the candidate ``x`` dominates,
+    ``score(x) = mean_z 1[ (p(x|target) / Pr(x)) / (p(z|target) / Pr(z)) >= gamma ]``, with
+    ``Pr`` the references' average likelihood (OUT only, linearly corrected by ``a`` for the
+    missing IN half).
+
+    Args:
+        target: (n,) likelihood of each candidate under the audited model (e.g.
+            :func:`mse_likelihood`), in (0, 1].
+        references_out: (R, n) the same under R reference models; NaN where a reference was
+            trained with that candidate's patient.
+        population_target, population_references: (z,) and (R, z), the same for population
+            samples (non-members of every model).
+        a: offline correction (0 = the OUT average is Pr(x)).
+        gamma: likelihood-ratio threshold.
+
+    Returns:
+        (n,) scores in [0, 1], higher = more likely member.
+
+    Example:
+        >>> refs = np.array([[0.5, 0.5, 0.5, 0.5]])
+        >>> rmia_scores([0.9, 0.45], refs[:, :2], [0.5, 0.4], refs[:, 2:]).tolist()
+        [1.0, 0.5]
+    """
+    px = _as_scores(target, "target")
+    pz = _as_scores(population_target, "population_target")
+    rx = np.atleast_2d(np.asarray(references_out, dtype=np.float64))
+    rz = np.atleast_2d(np.asarray(population_references, dtype=np.float64))
+    if rx.shape != (rx.shape[0], px.size) or rz.shape != (rx.shape[0], pz.size):
+        raise ValueError(f"reference shapes {rx.shape} / {rz.shape} do not match {px.size} "
+                         f"candidates and {pz.size} population samples")
+    if not 0.0 <= a <= 1.0 or gamma <= 0:
+        raise ValueError(f"need a in [0, 1] and gamma > 0, got {a}, {gamma}")
+    ratio_x = px / _rmia_marginal(rx, a)
+    ratio_z = np.sort(pz / _rmia_marginal(rz, a))
+    # ratio_x / ratio_z >= gamma  <=>  ratio_z <= ratio_x / gamma
+    return np.searchsorted(ratio_z, ratio_x / gamma, side="right") / ratio_z.size
