@@ -3,6 +3,7 @@
 Commands:
 
 - ``train``: a federated run (simulation engine by default; ``--superlink`` for deployment);
+- ``prior``: the shared anatomical prior, built by the nodes together (DP + SecAgg+);
 - ``make-certs``: a development CA, SuperLink certificate and SuperNode key pairs.
 """
 
@@ -12,7 +13,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -75,29 +76,37 @@ def train(
 ) -> None:
     """Collect the nodes' packages, train on their union, evaluate on every node's held-out
     patients and write report.html/report.json (or FedAvg with --strategy fedavg)."""
+    overrides = list(set_ or [])
+    if strategy is not None:
+        overrides.append(f"strategy={strategy.value}")
+    report = _run("train", config, overrides, out, superlink, root_certificates, insecure,
+                  quiet, verbose)
+    _print_report(report, out)
+    if report.status != "ok":
+        raise typer.Exit(1)
+
+
+def _run(what: str, config: Path | None, overrides: list[str], out: Path, superlink: str | None,
+         root_certificates: Path | None, insecure: bool, quiet: bool, verbose: bool) -> Any:
+    """Load the federation config and run ``what`` (train / prior) on the deployment engine
+    (``superlink``) or the in-process simulation; a config or engine error exits 2."""
     from medidd.config import ConfigError
     from medidd.federation.config import load_federation_config
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    overrides = list(set_ or [])
-    if strategy is not None:
-        overrides.append(f"strategy={strategy.value}")
     try:
         cfg = load_federation_config(config, overrides)
-        from aggregator.run import train_deployment, train_simulation
+        from aggregator import run
 
         if superlink:
-            report = train_deployment(cfg, out, superlink, root_certificates=root_certificates,
-                                      insecure=insecure, stream=verbose or not quiet)
-        else:
-            report = train_simulation(cfg, out, verbose=verbose)
+            return getattr(run, f"{what}_deployment")(
+                cfg, out, superlink, root_certificates=root_certificates, insecure=insecure,
+                stream=verbose or not quiet)
+        return getattr(run, f"{what}_simulation")(cfg, out, verbose=verbose)
     except (ConfigError, RuntimeError) as exc:
         typer.echo(f"error: {with_options(str(exc))}", err=True)
         raise typer.Exit(2) from exc
-    _print_report(report, out)
-    if report.status != "ok":
-        raise typer.Exit(1)
 
 
 def _print_report(report: object, out: Path) -> None:
@@ -134,6 +143,44 @@ def _print_report(report: object, out: Path) -> None:
     if report.error:
         console.print(f"[red]error: {with_options(report.error)}[/red]")
     console.print(f"report: {Path(out) / 'report.html'}")
+
+
+@app.command()
+def prior(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="federation YAML "
+                      "(its 'prior' and 'prior_round' sections)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for prior/ and prior-report.json")] =
+        Path("out/prior"),
+    superlink: Annotated[str | None, typer.Option(help="HOST:PORT of a SuperLink, or the name "
+                         "of a connection in $FLWR_HOME/config.toml (deployment engine); "
+                         "default: in-process simulation")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the "
+                                 "SuperLink (with --superlink HOST:PORT)")] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS (local tests only)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key, "
+                    "e.g. --set prior.epsilon=4")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's "
+                       "logs (default: warnings only)")] = False,
+) -> None:
+    """Build the shared anatomical prior with the nodes: each sends its clipped, noised sums
+    per modality and region through SecAgg+; the server divides, writes OUT/prior (versioned,
+    sha256, DP statement) and sends it back for every node's audit."""
+    report = _run("prior", config, list(set_ or []), out, superlink, root_certificates,
+                  insecure, quiet, verbose)
+    if report.get("status") != "ok":
+        typer.echo(f"error: {with_options(str(report.get('error')))}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"shared prior {report['prior_sha256']} in {report['prior_dir']}")
+    groups = report.get("groups", {})
+    assert isinstance(groups, dict)
+    for name, g in groups.items():
+        released = sum(g["released"])
+        typer.echo(f"  {name}: {released}/{len(g['released'])} bins released, "
+                   f"{g['n_sites']} sites, patients per bin {g['patients_per_bin']}")
+    audit = report.get("audit")
+    if isinstance(audit, dict):
+        typer.echo(f"  audit: {audit['status']} (max NN-NCC {audit['max_nn_ncc']})")
 
 
 @app.command("make-certs")

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from medidd.config import ConfigError
 from medidd.federation.config import FederationConfig
@@ -143,6 +144,17 @@ def train_simulation(cfg: FederationConfig, out: Path, *, verbose: bool = False,
         ConfigError: no nodes in ``cfg``.
         RuntimeError: the SuperLink or the run failed (the message carries their log's end).
     """
+    simulate(cfg, out, verbose=verbose, cpus=cpus, client_app=client_app,
+             extra_env=extra_env, timeout_s=timeout_s)
+    return read_report(Path(out).resolve())
+
+
+def simulate(cfg: FederationConfig, out: Path, *, verbose: bool = False, cpus: int | None = None,
+             client_app: str = SIMULATION_CLIENT_APP, server_app: str | None = None,
+             extra_env: dict[str, str] | None = None, timeout_s: float | None = None,
+             report_file: str = "report.json") -> None:
+    """Run one Flower app (``server_app`` / ``client_app``) on ``cfg.nodes`` in the
+    simulation runtime; it must write ``out/report_file`` (see :func:`train_simulation`)."""
     if not cfg.nodes:
         raise ConfigError("the simulation needs the hospitals: add 'nodes:' (name, package, "
                           "patients per node) to the federation config")
@@ -157,7 +169,8 @@ def train_simulation(cfg: FederationConfig, out: Path, *, verbose: bool = False,
         with local_simulation_superlink(home, env) as address:
             app_dir = Path(tmp) / "app"
             app_dir.mkdir()
-            (app_dir / "pyproject.toml").write_text(app_pyproject(cfg, out, client_app))
+            (app_dir / "pyproject.toml").write_text(
+                app_pyproject(cfg, out, client_app, server_app or SERVER_APP))
             (home / "config.toml").write_text(connection_toml(address, None, insecure=True))
             cmd = [flwr_executable(), "run", str(app_dir), CONNECTION, "--stream"]
             for value in simulation_federation_config(len(cfg.nodes), n_cpus, verbose):
@@ -167,21 +180,22 @@ def train_simulation(cfg: FederationConfig, out: Path, *, verbose: bool = False,
             proc = subprocess.run(cmd, env=env, check=False, timeout=timeout_s,
                                   stdout=None if verbose else subprocess.PIPE,
                                   stderr=None if verbose else subprocess.STDOUT)
-            if proc.returncode != 0 or not (out / "report.json").exists():
+            if proc.returncode != 0 or not (out / report_file).exists():
                 tail = (proc.stdout or b"").decode(errors="replace")[-3000:]
                 log = (home / "logs" / "superlink.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"the simulation failed (flwr run exited with code "
                                    f"{proc.returncode}, no report in {out}):\n{tail}\n{log}")
-    return read_report(out)
 
 
 CLIENT_APP = "hospital_node.client_app:app"
 SERVER_APP = "aggregator.server_app:app"
 
 
-def app_pyproject(cfg: FederationConfig, out: Path, client_app: str = CLIENT_APP) -> str:
+def app_pyproject(cfg: FederationConfig, out: Path, client_app: str = CLIENT_APP,
+                  server_app: str = SERVER_APP) -> str:
     """The ``pyproject.toml`` of the Flower app submitted to a SuperLink (config embedded);
-    ``client_app`` is the ClientApp the SuperNodes import (``module:attribute``)."""
+    ``client_app`` / ``server_app`` are the apps the SuperNodes / SuperLink import
+    (``module:attribute``)."""
     config_json = json.dumps(cfg.model_dump_json())  # a JSON string is a TOML basic string
     out_dir = json.dumps(str(Path(out).resolve()))
     return f"""[build-system]
@@ -199,7 +213,7 @@ dependencies = []
 publisher = "medidd"
 
 [tool.flwr.app.components]
-serverapp = "{SERVER_APP}"
+serverapp = "{server_app}"
 clientapp = "{client_app}"
 
 [tool.flwr.app.config]
@@ -232,13 +246,25 @@ def train_deployment(cfg: FederationConfig, out: Path, superlink: str, *,
                      stream: bool = True, timeout_s: float | None = None,
                      client_app: str = CLIENT_APP) -> RunReport:
     """Submit the run to a SuperLink (``HOST:PORT`` or a named connection) and wait for it."""
+    deploy(cfg, out, superlink, root_certificates=root_certificates, insecure=insecure,
+           stream=stream, timeout_s=timeout_s, client_app=client_app)
+    return read_report(Path(out).resolve())
+
+
+def deploy(cfg: FederationConfig, out: Path, superlink: str, *,
+           root_certificates: Path | None = None, insecure: bool = False, stream: bool = True,
+           timeout_s: float | None = None, client_app: str = CLIENT_APP,
+           server_app: str = SERVER_APP, report_file: str = "report.json") -> None:
+    """Submit one Flower app to a SuperLink and wait for it (see :func:`train_deployment`);
+    the ServerApp must write ``out/report_file``."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = run_env(dict(os.environ), verbose=stream)
     with tempfile.TemporaryDirectory(prefix="medidd-flwr-") as tmp:
         app_dir = Path(tmp) / "app"
         app_dir.mkdir()
-        (app_dir / "pyproject.toml").write_text(app_pyproject(cfg, out, client_app))
+        (app_dir / "pyproject.toml").write_text(
+            app_pyproject(cfg, out, client_app, server_app))
         if ":" in superlink:
             if root_certificates is None and not insecure:
                 raise ConfigError("--superlink HOST:PORT needs --root-certificates CA.crt (the "
@@ -262,8 +288,46 @@ def train_deployment(cfg: FederationConfig, out: Path, superlink: str, *,
             tail = (proc.stderr or b"").decode(errors="replace")[-2000:]
             raise RuntimeError(f"flwr run exited with code {proc.returncode}"
                                + (f":\n{tail}" if tail else "; see its output above"))
-    report_file = out / "report.json"
-    if not report_file.exists():
+    if not (out / report_file).exists():
         raise RuntimeError(f"the run finished but wrote no report to {out}: with a remote "
                            "SuperLink the report is written on the SuperLink's machine")
-    return read_report(out)
+
+
+PRIOR_SERVER_APP = "aggregator.prior:app"
+PRIOR_CLIENT_APP = "hospital_node.prior_app:app"
+PRIOR_SIMULATION_CLIENT_APP = "hospital_node.prior_app:simulation_app"
+
+
+def read_prior_report(out: Path) -> dict[str, Any]:
+    """The prior round's ``prior-report.json`` in ``out``."""
+    from aggregator.prior import REPORT_FILE
+
+    data: dict[str, Any] = json.loads((Path(out) / REPORT_FILE).read_text())
+    return data
+
+
+def prior_simulation(cfg: FederationConfig, out: Path, *, verbose: bool = False,
+                     cpus: int | None = None, client_app: str = PRIOR_SIMULATION_CLIENT_APP,
+                     extra_env: dict[str, str] | None = None,
+                     timeout_s: float | None = None) -> dict[str, Any]:
+    """The shared-prior round in the simulation runtime (``cfg.nodes`` are the hospitals);
+    returns the round's report (the prior in ``out/prior``)."""
+    from aggregator.prior import REPORT_FILE
+
+    simulate(cfg, out, verbose=verbose, cpus=cpus, client_app=client_app,
+             server_app=PRIOR_SERVER_APP, extra_env=extra_env, timeout_s=timeout_s,
+             report_file=REPORT_FILE)
+    return read_prior_report(out)
+
+
+def prior_deployment(cfg: FederationConfig, out: Path, superlink: str, *,
+                     root_certificates: Path | None = None, insecure: bool = False,
+                     stream: bool = True, timeout_s: float | None = None,
+                     client_app: str = PRIOR_CLIENT_APP) -> dict[str, Any]:
+    """The shared-prior round on a SuperLink; returns the round's report."""
+    from aggregator.prior import REPORT_FILE
+
+    deploy(cfg, out, superlink, root_certificates=root_certificates, insecure=insecure,
+           stream=stream, timeout_s=timeout_s, client_app=client_app,
+           server_app=PRIOR_SERVER_APP, report_file=REPORT_FILE)
+    return read_prior_report(out)

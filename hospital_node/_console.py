@@ -52,6 +52,8 @@ NODE_FLAGS: dict[str, str] = {
     "name": "--name",
     "salt-file": "--salt-file",
     "cache-dir": "--cache",
+    "region": "--region",
+    "prior-dir": "--prior-dir",
     "override-audit": "medidd-node serve --override-audit-by WHO --override-audit-reason WHY",
 }
 

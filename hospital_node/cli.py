@@ -493,7 +493,8 @@ def enhance(
 @app.command("serve")
 def serve_cmd(
     superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT")],
-    package: Annotated[Path, typer.Option(help="the audited package to serve")],
+    package: Annotated[Path | None, typer.Option(help="the audited package to serve (none: "
+                       "shared-prior rounds only)")] = None,
     patients: Annotated[Path | None, typer.Option(help="local patients (FedAvg baseline)")] = None,
     holdout: Annotated[Path | None, typer.Option(help="held-out patients for evaluation")] = None,
     name: Annotated[str, typer.Option(help="this hospital's name in reports")] = "hospital",
@@ -507,6 +508,11 @@ def serve_cmd(
         str | None, typer.Option(help="who overrides a failed audit")
     ] = None,
     override_audit_reason: Annotated[str | None, typer.Option(help="why (recorded)")] = None,
+    region: Annotated[str | None, typer.Option(help="body region of every patient of this "
+                      "site for the shared prior (CT: head, chest, abdomen; MR: head, body); "
+                      "default: guessed per patient")] = None,
+    prior_dir: Annotated[Path | None, typer.Option(help="where to keep the shared prior the "
+                         "aggregator sends back")] = None,
 ) -> None:
     """Run a Flower SuperNode that serves this package (only if its audit passed, or an
     override is recorded with --override-audit-by and --override-audit-reason)."""
@@ -523,6 +529,8 @@ def serve_cmd(
             salt_file=salt_file,
             cache_dir=cache,
             override_audit=override_audit_by is not None,
+            region=region,
+            prior_dir=prior_dir,
         )
         code = serve(
             superlink,

@@ -83,7 +83,7 @@ def supernode_command(
 
 
 def node_settings(
-    package: Path,
+    package: Path | None,
     *,
     name: str,
     patients: Path | None = None,
@@ -91,6 +91,8 @@ def node_settings(
     salt_file: Path | None = None,
     cache_dir: Path | None = None,
     override_audit: bool = False,
+    region: str | None = None,
+    prior_dir: Path | None = None,
 ) -> NodeSettings:
     """The node's settings with absolute paths (the ClientApp runs in another process); the
     salt defaults to the site's (``$MEDIDD_HOME/salt``, as the other medidd-node commands) and
@@ -107,7 +109,8 @@ def node_settings(
         "name": name, "package": absolute(package), "patients": absolute(patients),
         "holdout": absolute(holdout), "salt-file": absolute(salt_file or default_salt_file()),
         "cache-dir": absolute(cache_dir or default_salt_file().parent / "cache"),
-        "override-audit": override_audit})
+        "override-audit": override_audit, "region": region,
+        "prior-dir": absolute(prior_dir)})
 
 
 def serve(
@@ -121,7 +124,9 @@ def serve(
     override_by: str | None = None,
     override_reason: str | None = None,
 ) -> int:
-    """Check the package, then run a SuperNode for it until it stops; returns its exit code.
+    """Check the package (when the node has one), then run a SuperNode until it stops;
+    returns its exit code. A node without a package takes part in shared-prior rounds
+    (``medidd-aggregate prior``) and refuses ``collect``.
 
     ``override_by`` + ``override_reason`` record an operator's override of a failed or
     missing audit in the package manifest (and turn ``override_audit`` on).
@@ -135,9 +140,14 @@ def serve(
     if override_by is not None and override_reason is not None and settings.package is not None:
         record_audit_override(settings.package, override_by, override_reason)
         settings = settings.model_copy(update={"override_audit": True})
-    served = package_to_serve(settings)
-    logger.info("package ok: %d images, %d bytes%s", served.manifest.n_images, served.n_bytes,
-                f" (audit override: {served.override})" if served.override else "")
+    if settings.package is not None:
+        served = package_to_serve(settings)
+        logger.info("package ok: %d images, %d bytes%s", served.manifest.n_images,
+                    served.n_bytes, f" (audit override: {served.override})"
+                    if served.override else "")
+    else:  # before distillation: shared-prior rounds (and evaluation) only
+        logger.info("no package: this node takes part in shared-prior rounds and refuses "
+                    "collect")
     config = {k.replace("_", "-"): (str(v) if isinstance(v, Path) else v)
               for k, v in settings.model_dump().items() if v is not None}
     cmd = supernode_command(superlink, config, root_certificates=root_certificates,

@@ -40,7 +40,9 @@ class PriorConfig(StrictModel):
     ``mean``: population mean of z-matched slices of the site's patients, groupwise-registered
     (affine, SimpleITK) when ``registered`` is on. ``medoid``: the paper's representative
     patient's real slices (ships near-copies: for comparison only). ``atlas``: a procedurally
-    generated anatomical template holding nothing of any local patient.
+    generated anatomical template holding nothing of any local patient. ``shared``: the
+    consortium's prior built by the nodes together with DP and secure aggregation (``path``,
+    optionally pinned by ``sha256``; ``region`` picks its group; docs/prior.md).
 
     ``fit_size`` (CT, prior-based methods ``prior_only`` and ``spg_gm``): zoom the prior to each
     patient's body size (medidd.prior.fit). Measured on our 4-patient CT site (IPC 2, 4 folds):
@@ -57,6 +59,12 @@ class PriorConfig(StrictModel):
     )
     registered: bool = True
     registration_iterations: int = Field(2, ge=0, le=10)
+    path: str | None = Field(None, description="kind shared: the prior folder that "
+                             "'medidd-aggregate prior' wrote (site-local; not in the manifest)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="kind shared: "
+                               "refuse a prior whose sha256 differs")
+    region: str | None = Field(None, description="kind shared: the group's region (default: "
+                               "what most of the site's patients show)")
 
     @field_validator("kind")
     @classmethod

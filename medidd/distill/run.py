@@ -90,6 +90,11 @@ def method_config(cfg: DistillConfig, spec: DegradationSpec) -> dict[str, Any]:
     resolved to the spec actually used)."""
     data: dict[str, Any] = cfg.model_dump(mode="json")
     data["degradation"] = spec.model_dump(mode="json")
+    prior = data["prior"]
+    prior.pop("path", None)  # site-local; the manifest's prior.sha256 says which
+    for key in ("sha256", "region"):  # unset: as before they existed (same config hash)
+        if prior.get(key) is None:
+            prior.pop(key, None)
     return data
 
 
@@ -266,6 +271,9 @@ def distill_site(
             window=window,
             registered=cfg.prior.registered,
             registration_iterations=cfg.prior.registration_iterations,
+            path=cfg.prior.path,
+            sha256=cfg.prior.sha256,
+            region=cfg.prior.region,
         )
     setup = SiteSetup(cfg, spec, window, prior)
     own_ckpt = checkpoints is None
@@ -297,6 +305,7 @@ def distill_site(
         method_config_hash=chash,
         dp=dp,
         software_version=medidd.__version__,
+        prior=prior.info if prior is not None else None,
         overwrite=overwrite,
         dtype_on_disk=dtype_on_disk,
         shard_bytes=shard_bytes,

@@ -32,6 +32,7 @@ from medidd.federation.policy import CollectionPolicy
 from medidd.federation.protocol import STRATEGIES
 from medidd.lookup import look_up_option
 from medidd.preprocess.pipeline import PreprocessConfig
+from medidd.prior.shared import SharedPriorConfig
 from medidd.train.trainer import TrainConfig
 
 TASKS: tuple[str, ...] = ("denoise", "sr")
@@ -83,6 +84,49 @@ class CollectConfig(StrictModel):
     spool_dir: Path | None = None
 
 
+class PriorRoundConfig(StrictModel):
+    """How the shared-prior round (``medidd-aggregate prior``) aggregates: Flower's SecAgg+
+    (``SecAggPlusWorkflow``). ``num_shares`` / ``reconstruction_threshold``: as Flower takes
+    them (an int: a count; a float: a fraction of the sites / of the shares); a node that
+    drops out after sharing its keys is recovered while every node keeps at least the
+    threshold of live neighbours. ``min_sites``: the round is refused, before any data
+    moves, with fewer sites online (never below the threshold). ``clipping_range``: the
+    secure aggregation's value range (each node's noised sums must lie within +-it; they
+    are quantised to ``quantization_range`` levels over it). ``timeout_s``: per SecAgg+
+    stage; ``audit``: send the released prior back to every node, which checks it against
+    its real slices and replies only aggregates."""
+
+    num_shares: int | float = 1.0
+    reconstruction_threshold: int | float = 2
+    min_sites: int = Field(3, ge=2)
+    clipping_range: float = Field(4096.0, gt=0)
+    quantization_range: int = Field(2**22, ge=2**8, le=2**24)
+    timeout_s: float = Field(300.0, gt=0)
+    audit: bool = True
+
+    def threshold_for(self, n_sites: int) -> int:
+        """The reconstruction threshold Flower's SecAgg+ uses with ``n_sites`` sites.
+
+        Example:
+            >>> PriorRoundConfig().threshold_for(3), PriorRoundConfig(
+            ...     reconstruction_threshold=1.0).threshold_for(3)
+            (2, 3)
+        """
+        shares = self.shares_for(n_sites)
+        if isinstance(self.reconstruction_threshold, float):
+            return max(round(self.reconstruction_threshold * shares), 2)
+        return int(self.reconstruction_threshold)
+
+    def shares_for(self, n_sites: int) -> int:
+        """The number of shares Flower's SecAgg+ uses with ``n_sites`` sites."""
+        if isinstance(self.num_shares, float):
+            shares = round(self.num_shares * n_sites)
+            if shares < n_sites and shares % 2 == 0:
+                shares += 1
+            return n_sites if shares <= 2 else shares
+        return int(self.num_shares)
+
+
 class FederationConfig(StrictModel):
     """A federated run: collect + validate + train on the union + federated evaluation
     (``strategy: distill``), or FedAvg on the nodes' raw slices (``strategy: fedavg``).
@@ -93,7 +137,8 @@ class FederationConfig(StrictModel):
     run needs; fewer replies make it fail with a report that says so. ``record_received`` keeps
     a copy of every payload the server received (``received/`` in the report folder) for a
     privacy review of what crossed the wire. ``audit.enabled`` adds a federated membership
-    audit of the trained model after the ``evaluate`` round (:mod:`medidd.federation.audit`)."""
+    audit of the trained model after the ``evaluate`` round (:mod:`medidd.federation.audit`).
+    ``prior`` / ``prior_round``: the shared-prior round of ``medidd-aggregate prior``."""
 
     task: str = "denoise"
     strategy: str = "distill"
@@ -107,6 +152,10 @@ class FederationConfig(StrictModel):
     audit: AuditConfig = Field(default_factory=lambda: AuditConfig.model_validate({}))
     timeouts: Timeouts = Field(default_factory=lambda: Timeouts.model_validate({}))
     collect: CollectConfig = Field(default_factory=lambda: CollectConfig.model_validate({}))
+    prior: SharedPriorConfig = Field(
+        default_factory=lambda: SharedPriorConfig.model_validate({}))
+    prior_round: PriorRoundConfig = Field(
+        default_factory=lambda: PriorRoundConfig.model_validate({}))
     min_nodes: int = Field(1, ge=1)
     expected_nodes: list[str] = Field(default_factory=list)
     record_received: bool = False

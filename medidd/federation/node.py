@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from medidd.config import ConfigError, StrictModel, config_key
+from medidd.lookup import look_up_option
 from medidd.package import AuditInfo, Manifest, audit_gate, load_files, update_manifest
 from medidd.package.validate import MANIFEST, check_contents, check_shard, parse_manifest
 
@@ -54,7 +55,11 @@ class NodeSettings(StrictModel):
     ``holdout``: an explicit folder of held-out patients for evaluation; ``override_audit``:
     serve a package whose audit did not pass *if* its manifest records an override;
     ``salt_file`` / ``cache_dir``: pseudonymisation salt and preprocessing cache of the site;
-    ``max_package_bytes``: the node refuses to send a larger package."""
+    ``max_package_bytes``: the node refuses to send a larger package; ``region``: the body
+    region of every patient of the site for the shared prior (``head``, ``chest``,
+    ``abdomen`` for CT; ``head``, ``body`` for MR; default: :func:`medidd.prior.region.
+    guess_region` per patient); ``prior_dir``: where the node keeps the shared prior it
+    receives (``<prior_dir>/<sha256>``)."""
 
     name: str = Field("node", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     package: Path | None = None
@@ -64,6 +69,16 @@ class NodeSettings(StrictModel):
     salt_file: Path | None = None
     cache_dir: Path | None = None
     max_package_bytes: int | None = Field(None, ge=1)
+    region: str | None = None
+    prior_dir: Path | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        from medidd.prior.region import REGIONS
+
+        valid = sorted({r for regions in REGIONS.values() for r in regions})
+        return None if value is None else look_up_option(value, valid, what="region")
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, Any]) -> NodeSettings:
@@ -85,7 +100,7 @@ class NodeSettings(StrictModel):
     def resolve_paths(self, base: Path) -> NodeSettings:
         """A copy with relative paths taken relative to ``base``."""
         updates = {}
-        for key in ("package", "patients", "holdout", "salt_file", "cache_dir"):
+        for key in ("package", "patients", "holdout", "salt_file", "cache_dir", "prior_dir"):
             value = getattr(self, key)
             if value is not None and not Path(value).is_absolute():
                 updates[key] = (Path(base) / value).resolve()

@@ -47,6 +47,7 @@ from medidd.config import StrictModel
 from medidd.lookup import look_up_option
 from medidd.nets import NetConfig
 from medidd.preprocess.pipeline import PreprocessConfig
+from medidd.prior.shared import SharedPriorConfig
 from medidd.train import TrainConfig
 
 #: How the aggregator gets its model: train on the collected packages, or raw-data FedAvg.
@@ -57,6 +58,11 @@ COLLECT = "query.collect"
 EVALUATE = "evaluate"
 TRAIN = "train"
 AUDIT = "query.audit"
+#: The shared-prior round (its own Flower app, see aggregator/prior.py): the SecAgg+ stages
+#: travel as plain ``train`` messages (Flower's SecAggPlusWorkflow / secaggplus_mod), the
+#: audit of the released prior as ``query.prior_audit``.
+PRIOR_AUDIT = "query.prior_audit"
+PRIOR = "prior"  # ArrayRecord (prior_audit request): file name -> uint8 bytes of the prior
 
 #: RecordDict keys.
 PACKAGE = "package"  # ArrayRecord: file name -> uint8 bytes of that file
@@ -154,7 +160,26 @@ class AuditSettings(RoundSettings):
         return look_up_option(value, STRATEGIES, what="strategy")
 
 
-S = TypeVar("S", bound=RoundSettings)
+class PriorSettings(StrictModel):
+    """The shared-prior round's settings, sent in the SecAgg+ ``train`` instruction (the
+    legacy ``FitIns`` config, key ``SETTINGS_JSON``) and with ``query.prior_audit``: the
+    ``prior`` settings, the ``preprocess`` settings the node reads its patients with, and the
+    secure aggregation's ``clipping_range`` (a node refuses values beyond it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ROUND: ClassVar[str] = "prior"
+
+    prior: SharedPriorConfig
+    preprocess: PreprocessConfig = Field(
+        default_factory=lambda: PreprocessConfig.model_validate({}))
+    clipping_range: float = Field(4096.0, gt=0)
+
+
+#: The only keys of a node's reply to ``query.prior_audit`` (aggregates of the memorisation
+#: audit of the released prior against the node's own real slices).
+PRIOR_AUDIT_METRICS: tuple[str, ...] = ("max_nn_ncc", "ideal_line", "below_ideal")
+
+S = TypeVar("S", bound=StrictModel)
 
 
 class SettingsError(ValueError):
@@ -162,7 +187,7 @@ class SettingsError(ValueError):
     message names every bad field and is safe to send back."""
 
 
-def _field_problem(model: type[RoundSettings], error: Any) -> str:
+def _field_problem(model: type[StrictModel], error: Any) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "(settings)"
     if error["type"] != "extra_forbidden":
         return f"{loc}: {str(error['msg']).removeprefix('Value error, ')}"
@@ -179,13 +204,14 @@ def parse_settings(model: type[S], text: object) -> S:
         SettingsError: ``text`` is missing or not a string, or does not validate (every bad
             field named, with a "did you mean" for an unknown key).
     """
+    what = getattr(model, "ROUND", "round")
     if not isinstance(text, str):
-        raise SettingsError(f"{model.ROUND} settings missing: the message needs a "
+        raise SettingsError(f"{what} settings missing: the message needs a "
                             f"'{SETTINGS}' record with the settings JSON under "
                             f"'{SETTINGS_JSON}'")
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(_field_problem(model, e) for e in exc.errors())
-        raise SettingsError(f"{model.ROUND} settings from the aggregator rejected: "
+        raise SettingsError(f"{what} settings from the aggregator rejected: "
                             f"{problems}") from exc

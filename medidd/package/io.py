@@ -103,9 +103,13 @@ class Package:
 
 
 def manifest_json(manifest: Manifest) -> str:
-    """The ``manifest.json`` text of ``manifest``: sorted keys, indented, ASCII, no NaN."""
-    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True,
-                      ensure_ascii=True, allow_nan=False) + "\n"
+    """The ``manifest.json`` text of ``manifest``: sorted keys, indented, ASCII, no NaN
+    (``prior`` only when set, so packages without a shared prior read as before)."""
+    data = manifest.model_dump(mode="json")
+    if data.get("prior") is None:
+        data.pop("prior", None)
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True,
+                      allow_nan=False) + "\n"
 
 
 def _check(path: Path, max_bytes: int | None) -> tuple[Checked | None, dict[str, bytes], list[str]]:
@@ -253,6 +257,7 @@ def write_package(
     dp: DPInfo | Mapping[str, Any] | None = None,
     audit: AuditInfo | Mapping[str, Any] | None = None,
     software_version: str | None = None,
+    prior: Mapping[str, Any] | None = None,
     created: date | None = None,
     dtype_on_disk: str = "float32",
     fmt: str = "safetensors",
@@ -269,6 +274,8 @@ def write_package(
             are pseudonymous, ``p-`` + 8-64 hex digits.
         method_config: the distillation config; its hash is computed when
             ``method_config_hash`` is not given. One of the two is required.
+        prior: the shared prior the images start from (:class:`~medidd.package.manifest.
+            PriorInfo` fields: kind, sha256, version, group, dp, epsilon, delta, audit).
         created: the day recorded (default today, UTC) as midnight UTC; never a time of day.
         fmt: ``"safetensors"`` or ``"npz"``; dtype_on_disk ``"float32"`` or ``"float16"``.
         overwrite: replace an existing different package. The same content (ignoring
@@ -326,6 +333,7 @@ def write_package(
         "method_config_hash": method_config_hash,
         "method_config": dict(method_config) if method_config is not None else None,
         "seed": seed, "dp": _model_dict(dp), "audit": _model_dict(audit),
+        "prior": dict(prior) if prior is not None else None,
         "files": {name: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b),
                          "dtype": dtype_on_disk, "shape": shapes[name]}
                   for name, b in blobs.items()},

@@ -219,6 +219,23 @@ class DPInfo(StrictModel):
         return self
 
 
+class PriorInfo(StrictModel):
+    """Which prior the package's images start from when it is the consortium's shared prior
+    (``kind: shared``): its ``sha256`` (the prior's identity, medidd.prior.shared), file
+    ``version``, the ``group`` used (``CT:chest``), whether it was released with differential
+    privacy (``dp``) and at which ``epsilon`` / ``delta`` (privacy unit: one patient), and the
+    prior's audit verdict (``audit``: passed, failed or not_run)."""
+
+    kind: Token
+    sha256: Sha256
+    version: PositiveInt
+    group: Token
+    dp: bool
+    epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    delta: Annotated[float, Field(gt=0, lt=1)] | None = None
+    audit: AuditStatus = "not_run"
+
+
 class AuditOverride(StrictModel):
     """An operator's explicit decision to serve a package whose audit did not pass.
 
@@ -303,6 +320,7 @@ class Manifest(StrictModel):
     method_config: MethodConfig | None = None
     seed: StrictInt
     dp: DPInfo | None = None
+    prior: PriorInfo | None = None
     audit: AuditInfo | None = None
     files: dict[FileName, FileEntry]
     dtype_on_disk: DType = "float32"

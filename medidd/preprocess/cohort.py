@@ -86,10 +86,20 @@ def series_sources(report: IngestReport) -> dict[str, str]:
     return out
 
 
+def _files_under(root: Path) -> list[Path]:
+    """Every file under ``root``, following symbolic links to folders (a patients folder of
+    links to each patient's folder is common), sorted as ``sorted(root.rglob("*"))`` would."""
+    found = []
+    for dirpath, _, names in os.walk(root, followlinks=True):
+        found += [Path(dirpath) / n for n in names]
+    return sorted(found)
+
+
 def content_key(root: Path, *parts: str) -> str:
-    """SHA-256 over every visible file's relative name and bytes under ``root``, plus ``parts``."""
+    """SHA-256 over every visible file's relative name and bytes under ``root`` (symbolic
+    links to folders followed), plus ``parts``."""
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
+    for p in _files_under(root):
         rel = p.relative_to(root)
         if p.is_file() and not any(s.startswith(".") for s in rel.parts):
             h.update(str(rel).encode() + b"\0")

@@ -106,20 +106,30 @@ def _mr_slice(z: float, n: int) -> torch.Tensor:
     return img
 
 
+def atlas_slice(z: float, *, size: int, modality: str, window: tuple[float, float]
+                ) -> torch.Tensor:
+    """One atlas slice (1, ``size``, ``size``) at axial position ``z``, normalised like the
+    site's data (CT through ``window`` in HU; MR already in [0, 1]).
+
+    Example:
+        >>> atlas_slice(0.75, size=16, modality="CT", window=(-1000.0, 1000.0)).shape
+        torch.Size([1, 16, 16])
+    """
+    modality = look_up_option(modality, ("CT", "MR"), what="modality")
+    hi_res = 2 * size
+    if modality == "CT":
+        lo, hi = window
+        img = ((_ct_slice(z, hi_res) - lo) / (hi - lo)).clamp(0, 1)
+    else:
+        img = _mr_slice(z, hi_res)
+    return F.interpolate(img[None, None], size=(size, size), mode="area")[0]
+
+
 def atlas_prior(k: int, *, size: int, modality: str, window: tuple[float, float]) -> Prior:
     """``k`` atlas slices at :func:`prior_positions`, normalised like the site's data.
 
     CT slices are mapped to [0, 1] through ``window`` (HU); MR slices are already in [0, 1].
     """
-    modality = look_up_option(modality, ("CT", "MR"), what="modality")
     z = prior_positions(k)
-    hi_res = 2 * size
-    slices = []
-    for zk in z.tolist():
-        if modality == "CT":
-            lo, hi = window
-            img = ((_ct_slice(zk, hi_res) - lo) / (hi - lo)).clamp(0, 1)
-        else:
-            img = _mr_slice(zk, hi_res)
-        slices.append(F.interpolate(img[None, None], size=(size, size), mode="area")[0])
+    slices = [atlas_slice(zk, size=size, modality=modality, window=window) for zk in z.tolist()]
     return Prior(images=torch.stack(slices), z=z, kind="atlas", local_data=False)
