@@ -387,6 +387,11 @@ def _site_split(m: Manifest, members: Sequence[SliceSet], report: AuditReport
     return prepare_site(sorted(members, key=lambda s: order[s.patient_key]), cfg, m.seed)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 patient``, ``3 patients``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _patient_matching(members: Sequence[SliceSet], nonmembers: Sequence[SliceSet], kind: str
                       ) -> dict[str, Any]:
     """Whether whole non-member patients are of the members' body regions
@@ -397,8 +402,8 @@ def _patient_matching(members: Sequence[SliceSet], nonmembers: Sequence[SliceSet
                         "patient was given"}
     regions = {guess_region(s) for s in members}
     off = sorted({guess_region(s) for s in nonmembers} - regions)
-    text = (f"members: {len(members)} package patients ({', '.join(sorted(regions))}); "
-            f"non-members: {len(nonmembers)} {kind}")
+    text = (f"members: {_count(len(members), 'package patient')} "
+            f"({', '.join(sorted(regions))}); non-members: {len(nonmembers)} {kind}")
     if off:
         return {"kind": kind, "matched": False,
                 "text": text + f", not matched: some are {', '.join(off)} (the attack may read "
@@ -504,9 +509,9 @@ def run_audit(
         mem_sets, non_sets, owner = prep.members, prep.holdout, prep.holdout_of
         report.matching = {
             "kind": "held-out slabs", "matched": True,
-            "text": (f"members: the distilled slabs of {len(prep.members)} patients; "
-                     f"non-members: {len(prep.holdout)} of the same patients' held-out slabs "
-                     "(never distilled; a gap between them): same patient, scanner, protocol "
+            "text": (f"members: the distilled slabs of {_count(len(prep.members), 'patient')}; "
+                     f"non-members: the held-out slabs of {_count(len(prep.holdout), 'patient')}"
+                     " (never distilled; a gap between them): same patient, scanner, protocol "
                      "and region, only membership differs")}
     else:
         mem_sets, non_sets, owner = members, holdout or others, holdout_of
