@@ -27,7 +27,7 @@ from medidd.federation.audit import check_audit_metrics
 from medidd.federation.config import FederationConfig
 from medidd.federation.fedavg import fedavg, state_problems
 from medidd.federation.policy import PackageVerdict
-from medidd.federation.report import RunLedger
+from medidd.federation.report import RunLedger, pooled_metrics
 from medidd.federation.union import reconcile_degradation, train_on_union
 from medidd.seeds import derive
 
@@ -160,32 +160,53 @@ def fedavg_rounds(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: R
         state = fedavg(states, weights)
         ledger.rounds = rnd
         logger.info("FedAvg round %d/%d: averaged %d nodes", rnd, cfg.fedavg.rounds, len(states))
+        every = cfg.fedavg.evaluate_every
+        if every and rnd % every == 0 and rnd < cfg.fedavg.rounds:  # the last: evaluate_round
+            scores = score_nodes(grid, active, cfg, ledger, state, cfg.degradation, out,
+                                 f"evaluate-{rnd}")
+            ledger.add_round_metrics({"round": float(rnd),
+                                      **pooled_metrics(list(scores.values()))})
     ledger.train_s = time.perf_counter() - t0
     return state, cfg.degradation
 
 
-def evaluate_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
-                   state: State, spec: dict[str, Any], out: Path) -> None:
-    """Every node scores the model on its held-out real slices; aggregates go to the ledger."""
+def score_nodes(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                state: State, spec: dict[str, Any], out: Path, round_name: str
+                ) -> dict[int, dict[str, float]]:
+    """One ``evaluate`` exchange: every node scores ``state`` on its held-out real slices;
+    returns the allowed aggregates per node (a refusal is noted on the node, and skipped)."""
     settings = _settings_record(P.EvaluateSettings(
         net=cfg.train.net, degradation=spec, preprocess=cfg.preprocess, seed=cfg.eval.seed,
         batch_size=cfg.eval.batch_size, max_slices=cfg.eval.max_slices))
     model = ArrayRecord(state)
     replies = exchange(grid, ledger, nodes, P.EVALUATE,
                        lambda _: RecordDict({P.MODEL: model, P.SETTINGS: settings}),
-                       timeout_s=cfg.timeouts.evaluate_s, round_name="evaluate",
+                       timeout_s=cfg.timeouts.evaluate_s, round_name=round_name,
                        record_to=_received_dir(cfg, out))
+    scores = {}
     for node_id, reply in replies.items():
         reason = refusal(reply)
         if reason is not None:
-            ledger.node(node_id).reasons.append(f"evaluate: {reason}")
+            ledger.node(node_id).reasons.append(f"{round_name}: {reason}")
             continue
         metrics = reply.content.metric_records.get(P.METRICS)
         if metrics is None:
             continue
-        allowed = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
-                   if k in P.EVAL_METRICS}
+        scores[node_id] = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
+                           if k in P.EVAL_METRICS}
+    return scores
+
+
+def evaluate_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,
+                   state: State, spec: dict[str, Any], out: Path) -> None:
+    """Every node scores the model on its held-out real slices; aggregates go to the ledger
+    (and, after FedAvg, the pooled scores close the report's PSNR per round)."""
+    scores = score_nodes(grid, nodes, cfg, ledger, state, spec, out, "evaluate")
+    for node_id, allowed in scores.items():
         ledger.set_metrics(node_id, allowed)
+    if cfg.strategy == "fedavg" and cfg.fedavg.evaluate_every and scores:
+        ledger.add_round_metrics({"round": float(ledger.rounds),
+                                  **pooled_metrics(list(scores.values()))})
 
 
 def audit_round(grid: Grid, nodes: list[int], cfg: FederationConfig, ledger: RunLedger,

@@ -54,6 +54,7 @@ NODE_FLAGS: dict[str, str] = {
     "cache-dir": "--cache",
     "region": "--region",
     "prior-dir": "--prior-dir",
+    "report-dir": "--report-dir",
     "override-audit": "medidd-node serve --override-audit-by WHO --override-audit-reason WHY",
 }
 

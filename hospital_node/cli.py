@@ -513,6 +513,9 @@ def serve_cmd(
                       "default: guessed per patient")] = None,
     prior_dir: Annotated[Path | None, typer.Option(help="where to keep the shared prior the "
                          "aggregator sends back")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="where to write the site-local "
+                          "report of every evaluate round (default: beside the package, "
+                          "PACKAGE.node-report)")] = None,
 ) -> None:
     """Run a Flower SuperNode that serves this package (only if its audit passed, or an
     override is recorded with --override-audit-by and --override-audit-reason)."""
@@ -531,6 +534,7 @@ def serve_cmd(
             override_audit=override_audit_by is not None,
             region=region,
             prior_dir=prior_dir,
+            report_dir=report_dir,
         )
         code = serve(
             superlink,

@@ -93,6 +93,7 @@ def node_settings(
     override_audit: bool = False,
     region: str | None = None,
     prior_dir: Path | None = None,
+    report_dir: Path | None = None,
 ) -> NodeSettings:
     """The node's settings with absolute paths (the ClientApp runs in another process); the
     salt defaults to the site's (``$MEDIDD_HOME/salt``, as the other medidd-node commands) and
@@ -110,7 +111,7 @@ def node_settings(
         "holdout": absolute(holdout), "salt-file": absolute(salt_file or default_salt_file()),
         "cache-dir": absolute(cache_dir or default_salt_file().parent / "cache"),
         "override-audit": override_audit, "region": region,
-        "prior-dir": absolute(prior_dir)})
+        "prior-dir": absolute(prior_dir), "report-dir": absolute(report_dir)})
 
 
 def serve(

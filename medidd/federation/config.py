@@ -48,6 +48,9 @@ class FedAvgConfig(StrictModel):
     rounds: int = Field(5, ge=1)
     local_steps: int = Field(160, ge=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
+    evaluate_every: int = Field(1, ge=0, description="score the averaged model on every "
+                                "node's held-out slices after every this many rounds (the "
+                                "report's PSNR per round; 0: only after the last)")
 
 
 class EvalConfig(StrictModel):

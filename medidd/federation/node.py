@@ -59,7 +59,9 @@ class NodeSettings(StrictModel):
     region of every patient of the site for the shared prior (``head``, ``chest``,
     ``abdomen`` for CT; ``head``, ``body`` for MR; default: :func:`medidd.prior.region.
     guess_region` per patient); ``prior_dir``: where the node keeps the shared prior it
-    receives (``<prior_dir>/<sha256>``)."""
+    receives (``<prior_dir>/<sha256>``); ``report_dir``: where the node writes its site-local
+    report after every evaluate round (:mod:`medidd.report.node`; default: beside the package,
+    ``<package>.node-report``)."""
 
     name: str = Field("node", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     package: Path | None = None
@@ -71,6 +73,7 @@ class NodeSettings(StrictModel):
     max_package_bytes: int | None = Field(None, ge=1)
     region: str | None = None
     prior_dir: Path | None = None
+    report_dir: Path | None = None
 
     @field_validator("region")
     @classmethod
@@ -100,7 +103,8 @@ class NodeSettings(StrictModel):
     def resolve_paths(self, base: Path) -> NodeSettings:
         """A copy with relative paths taken relative to ``base``."""
         updates = {}
-        for key in ("package", "patients", "holdout", "salt_file", "cache_dir", "prior_dir"):
+        for key in ("package", "patients", "holdout", "salt_file", "cache_dir", "prior_dir",
+                    "report_dir"):
             value = getattr(self, key)
             if value is not None and not Path(value).is_absolute():
                 updates[key] = (Path(base) / value).resolve()

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from medidd.degrade import build_degradation
+from medidd.degrade import build_degradation, draw_lq
+from medidd.degrade.draw import Degrade
 from medidd.federation.audit import membership_split, node_audit
 from medidd.federation.local import (
     LocalData,
@@ -104,7 +105,55 @@ def score_at_site(settings: NodeSettings, state: State, rs: EvaluateSettings
     degrade = build_degradation(rs.degradation, data.holdout[0].window)
     metrics = score_state(rs.net, state, hq, degrade, seed=rs.seed, batch_size=rs.batch_size)
     metrics |= {"n_patients": float(len(data.holdout)), "held_out": float(data.disjoint)}
-    return {k: float(metrics[k]) for k in EVAL_METRICS if k in metrics}
+    sent = {k: float(metrics[k]) for k in EVAL_METRICS if k in metrics}
+    node_report(settings, state, rs, hq, degrade, sent)
+    return sent
+
+
+def report_folder(settings: NodeSettings) -> Path | None:
+    """Where the node writes its site-local report: ``report_dir``, else beside the package
+    (``<package>.node-report``), else nowhere.
+
+    Example:
+        >>> report_folder(NodeSettings(name="a", package=Path("/site/pkg"))).as_posix()
+        '/site/pkg.node-report'
+    """
+    if settings.report_dir is not None:
+        return Path(settings.report_dir)
+    if settings.package is not None:
+        package = Path(settings.package)
+        return package.parent / f"{package.name}.node-report"
+    return None
+
+
+def node_report(settings: NodeSettings, state: State, rs: EvaluateSettings, hq: torch.Tensor,
+                degrade: Degrade, sent: Mapping[str, float], n_show: int = 4) -> Path | None:
+    """Write the node's site-local report of this evaluate round (:mod:`medidd.report.node`):
+    before / after crops of ``n_show`` held-out slices (the LQ the scores used), the scores
+    sent and the package's audit verdict. Never sent; a report that cannot be written is a
+    warning, not a failed round."""
+    from medidd.report.node import write_node_report
+
+    folder = report_folder(settings)
+    if folder is None:
+        return None
+    index = torch.linspace(0, hq.shape[0] - 1, min(n_show, hq.shape[0])).round().long().unique()
+    lq = torch.cat([draw_lq(hq[i : i + 1], degrade, rs.seed, "heldout", start=int(i))
+                    for i in index])
+    model = rs.net.build()
+    model.load_state_dict(dict(state))
+    package = Path(settings.package) if settings.package is not None else None
+    audit_html = (package.parent / f"{package.name}.audit" / "report.html"
+                  if package is not None else None)
+    try:
+        return write_node_report(
+            folder, node=settings.name, model=model, hq=hq[index], lq=lq, metrics=sent,
+            manifest=package_manifest(settings), audit_html=audit_html,
+            labels=[f"held-out slice {int(i)}" for i in index],
+            what=f"net {rs.net.name}, degradation {rs.degradation.get('kind', '?')}")
+    except OSError as exc:
+        logger.warning("node %s: report not written to %s: %s", settings.name, folder, exc)
+        return None
 
 
 def train_at_site(settings: NodeSettings, state: State, rs: TrainSettings

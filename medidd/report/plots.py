@@ -114,3 +114,32 @@ def pairs_figure(distilled: torch.Tensor, nearest: torch.Tensor, sims: Sequence[
         where = f"\n{labels[i]}" if labels is not None and i < len(labels) else ""
         b.set_title(f"nearest real, NCC {sims[i]:.3f}{where}", fontsize=7)
     return _png(fig)
+
+
+def crops_figure(lq: torch.Tensor, output: torch.Tensor, hq: torch.Tensor,
+                 labels: Sequence[str] | None = None, crop: int = 64) -> bytes:
+    """Before / after on real slices: per row the LQ input, the model's output and the
+    reference, whole and as a central ``crop`` x ``crop`` zoom (where noise and detail show),
+    each with its PSNR against the reference."""
+    from medidd.train.metrics import psnr
+
+    n = lq.shape[0]
+    fig = Figure(figsize=(13.2, 2.3 * max(n, 1)))
+    axes = np.atleast_2d(fig.subplots(max(n, 1), 6))
+    h, w = hq.shape[-2:]
+    c = min(crop, h, w)
+    y0, x0 = (h - c) // 2, (w - c) // 2
+    for i in range(n):
+        for j, (name, img) in enumerate((("LQ input", lq), ("model output", output),
+                                          ("reference", hq))):
+            x = img[i, 0].clamp(0, 1)
+            score = "" if name == "reference" else (
+                f", {float(psnr(img[i : i + 1].clamp(0, 1), hq[i : i + 1])):.2f} dB")
+            where = f"{labels[i]}: " if labels is not None and j == 0 else ""
+            for k, view in enumerate((x, x[y0 : y0 + c, x0 : x0 + c])):
+                ax = axes[i, 2 * j + k]
+                ax.imshow(view.numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.axis("off")
+                ax.set_title(f"{where}{name}{score}" if k == 0 else f"{name}, centre {c} px",
+                             fontsize=7)
+    return _png(fig)

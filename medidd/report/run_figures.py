@@ -87,7 +87,7 @@ def rounds_figure(per_round: Sequence[Mapping[str, float]]) -> bytes:
     """Pooled held-out PSNR (dB) after each FedAvg round, with the LQ line."""
     fig = Figure(figsize=(6, 3))
     ax = fig.subplots()
-    rounds = np.arange(1, len(per_round) + 1)
+    rounds = [int(m.get("round", i + 1)) for i, m in enumerate(per_round)]
     ax.plot(rounds, [m.get("psnr", np.nan) for m in per_round], "o-", label="model")
     lq = [m["psnr_lq"] for m in per_round if "psnr_lq" in m]
     if lq:

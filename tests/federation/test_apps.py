@@ -112,6 +112,22 @@ def test_evaluate_returns_only_aggregate_metrics_of_held_out_real_patients(
     assert set(metrics) <= set(P.EVAL_METRICS)
     assert metrics["n_slices"] == 6 and metrics["n_patients"] == 1 and metrics["held_out"] == 1
     assert 10 < metrics["psnr_lq"] < 40 and 0 < metrics["ssim"] <= 1
+    assert not (tmp_path / "reports").exists()  # no package, no report-dir: no report
+
+
+def test_evaluate_writes_the_site_local_report_and_sends_none_of_it(
+    patients_dirs: dict[str, Path], tmp_path: Path,
+) -> None:
+    node = {"name": "site-b", "holdout": str(patients_dirs["b"]),
+            "salt-file": str(tmp_path / "salt"), "report-dir": str(tmp_path / "reports")}
+    reply = call(P.EVALUATE, node, RecordDict({P.MODEL: _weights(), P.SETTINGS: _settings()}))
+    assert refusal(reply) is None, refusal(reply)
+    page = (tmp_path / "reports" / "node-report.html").read_text()
+    assert "keep it at the site" in page and "held-out slice 0" not in page  # in the image
+    assert page.count("data:image/png;base64,") == 1
+    sent = dict(reply.content.metric_records[P.METRICS])
+    assert "no package" in page and f"{sent['psnr']:.4g}" in page  # the scores it sent
+    assert not reply.content.array_records and set(sent) <= set(P.EVAL_METRICS)
 
 
 def test_fedavg_train_returns_weights_and_the_number_of_examples(

@@ -79,5 +79,9 @@ def test_fedavg_baseline_reports_rounds_bytes_and_scores(
     # 2 rounds down and up, plus the evaluate round down: every byte is weights or settings.
     assert report.bytes_down > report.bytes_up > 0
     assert "psnr" in report.metrics
+    # PSNR per round: round 1 scored by its own evaluate exchange, round 2 by the final one
+    assert [m["round"] for m in report.round_metrics] == [1.0, 2.0]
+    assert report.round_metrics[-1]["psnr"] == pytest.approx(report.metrics["psnr"], abs=1e-9)
+    assert "PSNR per FedAvg round" in (tmp_path / "out" / "report.html").read_text()
     _, card = load_model(tmp_path / "out")
     assert card.strategy == "fedavg" and card.modality is None  # generic noise: either modality
