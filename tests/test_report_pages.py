@@ -66,12 +66,21 @@ def _audit(out: Path) -> Path:
     return write_audit(report, out).html
 
 
+def _node(out: Path) -> Path:
+    from medidd.report.node import write_node_report
+
+    hq = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    return write_node_report(out, node="hospital-a", model=torch.nn.Identity(), hq=hq,
+                             lq=hq.clamp(0, 0.9), metrics={"psnr": 31.0, "psnr_lq": 28.0},
+                             labels=["held-out slice 0", "held-out slice 5"])
+
+
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("reports")
     return {"distill": _run(out, "distill", psnr=33.0, up=535_000, down=61_000),
             "fedavg": _run(out, "fedavg", psnr=35.5, up=183_000, down=248_000),
-            "audit": _audit(out / "audit")}
+            "audit": _audit(out / "audit"), "node": _node(out / "node")}
 
 
 def _images(page: Path) -> list[bytes]:
@@ -84,7 +93,8 @@ def _images(page: Path) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize(("page", "n_min"), [("distill", 3), ("fedavg", 4), ("audit", 2)])
+@pytest.mark.parametrize(("page", "n_min"), [("distill", 3), ("fedavg", 4), ("audit", 2),
+                                             ("node", 1)])
 def test_every_image_is_a_png(pages: dict[str, Path], page: str, n_min: int) -> None:
     images = _images(pages[page])
     assert len(images) >= n_min
@@ -124,7 +134,7 @@ def test_audit_report_leads_with_verdict_and_advice(pages: dict[str, Path]) -> N
 @pytest.mark.skipif(not CHROMIUM.is_file(),
                     reason="headless Chromium not installed (/usr/bin/chromium); "
                            "`apt-get install -y chromium` to run this check")
-@pytest.mark.parametrize("page", ["distill", "fedavg", "audit"])
+@pytest.mark.parametrize("page", ["distill", "fedavg", "audit", "node"])
 def test_chromium_decodes_every_image(pages: dict[str, Path], page: str,
                                       tmp_path: Path) -> None:
     src = pages[page]
