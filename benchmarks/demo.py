@@ -152,10 +152,13 @@ def write_index(out: Path, results: dict[str, dict], verdicts: dict[str, object]
         status = getattr(audit, "status", "not run")
         override = getattr(audit, "override", None)
         note = f"{override.by}: {override.reason}" if override is not None else ""
+        pages = sorted((out / name / "distilled.node-report").glob("run-*/node-report.html"))
+        node_pages = ", ".join(link(p, p.parent.name) for p in pages) or "none written"
         audits.append(
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(status))}</td>"
             f"<td>{html.escape(note)}</td>"
-            f"<td>{link(out / name / 'audit' / 'report.html', 'audit report')}</td></tr>")
+            f"<td>{link(out / name / 'audit' / 'report.html', 'audit report')}</td>"
+            f"<td>{node_pages}</td></tr>")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>MediDD demo</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -164,8 +167,9 @@ def write_index(out: Path, results: dict[str, dict], verdicts: dict[str, object]
         "<h2>Federated runs (held-out real patients of both hospitals)</h2><table><tr>"
         "<th>run report</th><th>PSNR</th><th>LQ PSNR</th><th>rounds</th><th>up</th>"
         f"<th>down</th><th>trained model</th></tr>{''.join(rows)}</table>"
-        "<h2>Privacy audits at each hospital (kept at the site)</h2><table><tr><th>hospital"
-        "</th><th>verdict</th><th>override (who: why)</th><th>report</th></tr>"
+        "<h2>Each hospital's own pages (kept at the site)</h2><table><tr><th>hospital"
+        "</th><th>audit verdict</th><th>override (who: why)</th><th>audit report</th>"
+        "<th>the consortium's models on its held-out patients (one page per run)</th></tr>"
         f"{''.join(audits)}</table>"
         "<p>Apply the distillation-trained model to a scan: <code>medidd-node enhance --model "
         "report-distill/model.safetensors --patients DIR --out DIR</code>.</p></body></html>\n")

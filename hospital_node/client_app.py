@@ -105,7 +105,8 @@ def evaluate(msg: Message, settings: NodeSettings) -> Message:
     """Score the received model on the node's held-out real slices; aggregates only."""
     try:
         metrics = score_at_site(settings, _weights(msg),
-                                _round_settings(msg, P.EvaluateSettings))
+                                _round_settings(msg, P.EvaluateSettings),
+                                run=str(msg.metadata.run_id))
     except (NodeRefusal, P.SettingsError) as exc:
         logger.warning("not evaluating: %s", exc)
         return _refusal(msg, settings.name, str(exc))

@@ -94,19 +94,20 @@ def local_data(settings: NodeSettings, preprocess: PreprocessConfig) -> LocalDat
     return split_local(patients, holdout, package_manifest(settings))
 
 
-def score_at_site(settings: NodeSettings, state: State, rs: EvaluateSettings
-                  ) -> dict[str, float]:
+def score_at_site(settings: NodeSettings, state: State, rs: EvaluateSettings,
+                  run: str | None = None) -> dict[str, float]:
     """``evaluate``: aggregate scores of the net ``rs.net`` with weights ``state`` on the
     node's held-out slices (LQ drawn with ``rs.seed``), plus ``n_patients`` and ``held_out``
     (1 when the held-out patients were not distilled); only
-    :data:`~medidd.federation.protocol.EVAL_METRICS`."""
+    :data:`~medidd.federation.protocol.EVAL_METRICS`. The node's site-local report of the
+    round goes to ``<report folder>/run-<run>`` (:func:`node_report`)."""
     data = local_data(settings, rs.preprocess)
     hq = stack_slices(data.holdout, rs.max_slices)
     degrade = build_degradation(rs.degradation, data.holdout[0].window)
     metrics = score_state(rs.net, state, hq, degrade, seed=rs.seed, batch_size=rs.batch_size)
     metrics |= {"n_patients": float(len(data.holdout)), "held_out": float(data.disjoint)}
     sent = {k: float(metrics[k]) for k in EVAL_METRICS if k in metrics}
-    node_report(settings, state, rs, hq, degrade, sent)
+    node_report(settings, state, rs, hq, degrade, sent, run=run)
     return sent
 
 
@@ -127,7 +128,8 @@ def report_folder(settings: NodeSettings) -> Path | None:
 
 
 def node_report(settings: NodeSettings, state: State, rs: EvaluateSettings, hq: torch.Tensor,
-                degrade: Degrade, sent: Mapping[str, float], n_show: int = 4) -> Path | None:
+                degrade: Degrade, sent: Mapping[str, float], n_show: int = 4,
+                run: str | None = None) -> Path | None:
     """Write the node's site-local report of this evaluate round (:mod:`medidd.report.node`):
     before / after crops of ``n_show`` held-out slices (the LQ the scores used), the scores
     sent and the package's audit verdict. Never sent; a report that cannot be written is a
@@ -137,6 +139,8 @@ def node_report(settings: NodeSettings, state: State, rs: EvaluateSettings, hq: 
     folder = report_folder(settings)
     if folder is None:
         return None
+    if run is not None:  # one page per Flower run (a distill run and a FedAvg run both score)
+        folder = folder / f"run-{run}"
     index = torch.linspace(0, hq.shape[0] - 1, min(n_show, hq.shape[0])).round().long().unique()
     lq = torch.cat([draw_lq(hq[i : i + 1], degrade, rs.seed, "heldout", start=int(i))
                     for i in index])
@@ -150,7 +154,8 @@ def node_report(settings: NodeSettings, state: State, rs: EvaluateSettings, hq: 
             folder, node=settings.name, model=model, hq=hq[index], lq=lq, metrics=sent,
             manifest=package_manifest(settings), audit_html=audit_html,
             labels=[f"held-out slice {int(i)}" for i in index],
-            what=f"net {rs.net.name}, degradation {rs.degradation.get('kind', '?')}")
+            what=(f"{'Flower run ' + run + ': ' if run else ''}net {rs.net.name}, "
+                  f"degradation {rs.degradation.get('kind', '?')}"))
     except OSError as exc:
         logger.warning("node %s: report not written to %s: %s", settings.name, folder, exc)
         return None

@@ -122,7 +122,7 @@ def test_evaluate_writes_the_site_local_report_and_sends_none_of_it(
             "salt-file": str(tmp_path / "salt"), "report-dir": str(tmp_path / "reports")}
     reply = call(P.EVALUATE, node, RecordDict({P.MODEL: _weights(), P.SETTINGS: _settings()}))
     assert refusal(reply) is None, refusal(reply)
-    page = (tmp_path / "reports" / "node-report.html").read_text()
+    page = (tmp_path / "reports" / "run-1" / "node-report.html").read_text()  # Flower run 1
     assert "keep it at the site" in page and "held-out slice 0" not in page  # in the image
     assert page.count("data:image/png;base64,") == 1
     sent = dict(reply.content.metric_records[P.METRICS])
