@@ -41,7 +41,7 @@ DOCS = ROOT / "docs" / "benchmarks"
 LOAD_TRAIN = {"net": {"name": "dncnn", "width": 8, "depth": 3}, "steps": 60,
               "batch_size": 8, "patch_size": 32}
 COLUMNS = ("kind", "nodes", "workers", "wall_s", "patients_per_hour", "serverapp_peak_mb",
-           "superlink_peak_mb")
+           "superlink_peak_mb", "machine_state", "date")
 
 
 def machine() -> str:
@@ -187,6 +187,11 @@ def load_row(n_nodes: int, package: Path, work: Path) -> dict[str, Any]:
 # --- the page ---------------------------------------------------------------------------
 
 
+def _state(row: dict[str, Any]) -> str:
+    """``idle`` or ``shared`` (rows from before the label existed ran on a shared machine)."""
+    return str(row.get("machine_state", "shared"))
+
+
 def _fmt(v: Any) -> str:
     return "" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
@@ -197,12 +202,16 @@ def to_markdown(data: dict[str, Any]) -> str:
              f"Machine: {data['machine']}. Measured {data['date']}. Reproduce: "
              "`python -m benchmarks.load_test` (rewrite this page from scale.json: "
              "`--render`).", "",
-             "**The machine was shared** while this ran: another long benchmark and other "
-             "people's tests used the same CPU cores, so every time below is slower than on an "
-             "idle machine, and the speed-up of `--workers 2` is not an idle-machine figure "
-             "(see below for which way it leans).", "",
+             *(["**The machine was shared** while the rows marked `shared` ran: another long "
+                "benchmark and other people's tests used the same CPU cores, so their times are "
+                "slower than on an idle machine (see below for which way a speed-up leans); "
+                "rows marked `idle` ran with nothing else on the machine.", ""]
+               if any(_state(r) == "shared" for r in rows) else
+               ["Every row ran on an otherwise idle machine.", ""]),
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(_state(r) if c == "machine_state" else
+                                     r.get(c, data["date"] if c == "date" else None))
+                                for c in COLUMNS) + " |" for r in rows]
     work = [r for r in rows if r["kind"] == "workers"]
     load = [r for r in rows if r["kind"] == "load"]
     if work:
@@ -241,11 +250,16 @@ def to_markdown(data: dict[str, Any]) -> str:
                       f"gives (at most {ideal:.2f}x here). The issue's target (>= 1.6x on 2 "
                       "cores) is met on this measurement; an idle-machine run is needed to "
                       "confirm it."]
+        elif _state(best) == "idle":
+            lines += ["", f"Idle machine: {measured:.2f}x with {best['workers']} workers "
+                      f"against the {ideal:.2f}x bound of equally fast patients (target >= "
+                      f"1.6x on 2 cores: {'met' if measured >= 1.6 else 'not met'})."]
         per_worker = best["patients_per_hour"] / best["workers"]
         lines += ["", "## A 10,000-patient site (projection from the measured cost)", "",
                   f"One worker process (one core, one torch thread) did {per_worker:.1f} "
-                  f"patients / h in the workers-{best['workers']} run (on shared cores: a "
-                  "conservative cost); days = 10,000 / (that x workers) / 24, assuming the "
+                  f"patients / h in the workers-{best['workers']} run ("
+                  + ("on shared cores: a conservative cost" if _state(best) == "shared" else
+                     "idle machine") + "); days = 10,000 / (that x workers) / 24, assuming the "
                   "workers scale with the cores (independent patients, nothing shared but the "
                   "read-only prior).", "",
                   "| workers (cores) | days for 10,000 patients |", "|---|---|"]
@@ -285,6 +299,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "scale")
     ap.add_argument("--samples", type=Path, default=ROOT / "data" / "samples")
     ap.add_argument("--render", action="store_true", help="rewrite scale.md from scale.json")
+    ap.add_argument("--idle", action="store_true", help="label the new rows as measured on an "
+                    "otherwise idle machine (default: shared)")
+    ap.add_argument("--keep-load", action="store_true", help="run only the workers rows and keep "
+                    "the load rows of the current scale.json (with their own date and label)")
     args = ap.parse_args()
     if args.render:
         data = json.loads((DOCS / "scale.json").read_text())
@@ -297,13 +315,19 @@ def main() -> None:
                             "rows": []}
     partial = work / "scale.partial.json"  # every finished stage, so a crash loses none
 
+    state = "idle" if args.idle else "shared"
+
     def keep(rows: list[dict[str, Any]]) -> None:
-        data["rows"] += rows
+        data["rows"] += [{**r, "machine_state": state, "date": data["date"]} for r in rows]
         atomic_write_text(partial, json.dumps(data, indent=1))
 
     rows, package = workers_rows(args.samples, work, args.patients)
     keep(rows)
-    for n in (int(x) for x in args.nodes.split(",")):
+    if args.keep_load:
+        old = json.loads((DOCS / "scale.json").read_text())
+        data["rows"] += [{**r, "date": r.get("date", old["date"])} for r in old["rows"]
+                         if r["kind"] == "load"]
+    for n in ([] if args.keep_load else (int(x) for x in args.nodes.split(","))):
         print(f"load test with {n} SuperNodes ...", flush=True)
         row = load_row(n, package, work)
         print(f"  {row}", flush=True)
