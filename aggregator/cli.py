@@ -55,6 +55,18 @@ class Strategy(StrEnum):
     fedavg = "fedavg"
 
 
+#: The engine options every federated command (train, prior) takes, declared once.
+Superlink = Annotated[str | None, typer.Option(
+    help="HOST:PORT of a SuperLink, or the name of a connection in $FLWR_HOME/config.toml "
+    "(deployment engine); default: in-process simulation")]
+RootCertificates = Annotated[Path | None, typer.Option(
+    help="CA certificate of the SuperLink (with --superlink HOST:PORT)")]
+Insecure = Annotated[bool, typer.Option(help="no TLS (local tests only)")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's logs "
+                                       "(default: warnings only)")]
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="federation YAML "
@@ -62,17 +74,13 @@ def train(
     strategy: Annotated[Strategy | None, typer.Option(help="distill: train on the collected "
                         "packages; fedavg: raw-data FedAvg baseline")] = None,
     out: Annotated[Path, typer.Option(help="report folder")] = Path("out/federation"),
-    superlink: Annotated[str | None, typer.Option(help="HOST:PORT of a SuperLink, or the name "
-                         "of a connection in $FLWR_HOME/config.toml (deployment engine); "
-                         "default: in-process simulation")] = None,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the "
-                                 "SuperLink (with --superlink HOST:PORT)")] = None,
-    insecure: Annotated[bool, typer.Option(help="no TLS (local tests only)")] = False,
+    superlink: Superlink = None,
+    root_certificates: RootCertificates = None,
+    insecure: Insecure = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key, "
                     "e.g. --set train.steps=200")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's "
-                       "logs (default: warnings only)")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Collect the nodes' packages, train on their union, evaluate on every node's held-out
     patients and write report.html/report.json (or FedAvg with --strategy fedavg)."""
@@ -151,17 +159,13 @@ def prior(
                       "(its 'prior' and 'prior_round' sections)")] = None,
     out: Annotated[Path, typer.Option(help="folder for prior/ and prior-report.json")] =
         Path("out/prior"),
-    superlink: Annotated[str | None, typer.Option(help="HOST:PORT of a SuperLink, or the name "
-                         "of a connection in $FLWR_HOME/config.toml (deployment engine); "
-                         "default: in-process simulation")] = None,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the "
-                                 "SuperLink (with --superlink HOST:PORT)")] = None,
-    insecure: Annotated[bool, typer.Option(help="no TLS (local tests only)")] = False,
+    superlink: Superlink = None,
+    root_certificates: RootCertificates = None,
+    insecure: Insecure = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key, "
                     "e.g. --set prior.epsilon=4")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the result")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Flower's and Ray's "
-                       "logs (default: warnings only)")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Build the shared anatomical prior with the nodes: each sends its clipped, noised sums
     per modality and region through SecAgg+; the server divides, writes OUT/prior (versioned,

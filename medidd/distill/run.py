@@ -106,8 +106,9 @@ def audit_split(cohort: list[SliceSet], cfg: DistillConfig) -> list[SliceSet]:
         prep = prepare_site(cohort, cfg.audit, cfg.seed)
     except ValueError as exc:
         raise DistillError(f"cannot distil this site:\n  {exc}") from None
-    logger.info("audit: %d held-out slices of %d patients never distilled; %d canaries "
-                "(%d included)", sum(len(h) for h in prep.holdout), len(prep.holdout),
+    n = len(prep.holdout)
+    logger.info("audit: %d held-out slices of %d patient%s never distilled; %d canaries "
+                "(%d included)", sum(len(h) for h in prep.holdout), n, "" if n == 1 else "s",
                 len(prep.canaries), sum(c.included for c in prep.canaries))
     return prep.distill
 

@@ -130,6 +130,14 @@ class ServedPackage:
         return sum(len(b) for b in self.files.values())
 
 
+def _package_path(settings: NodeSettings) -> Path:
+    """The node's package folder; :class:`NodeRefusal` when none is configured."""
+    if settings.package is None:
+        raise NodeRefusal(f"node {settings.name} has no package configured "
+                          f"({node_key('package')})")
+    return Path(settings.package)
+
+
 def package_to_serve(settings: NodeSettings) -> ServedPackage:
     """Read, validate and gate the node's package; :class:`NodeRefusal` says why not.
 
@@ -139,10 +147,7 @@ def package_to_serve(settings: NodeSettings) -> ServedPackage:
         ...
         medidd.federation.node.NodeRefusal: node a has no package configured (node config ...
     """
-    if settings.package is None:
-        raise NodeRefusal(f"node {settings.name} has no package configured "
-                          f"({node_key('package')})")
-    files, problems = load_files(Path(settings.package), settings.max_package_bytes)
+    files, problems = load_files(_package_path(settings), settings.max_package_bytes)
     if files is None:
         limit = (f" (the limit is {node_key('max_package_bytes')})"
                  if settings.max_package_bytes is not None else "")
@@ -190,10 +195,7 @@ def shard_to_serve(settings: NodeSettings, index: int = 0) -> ServedShard:
         ...
         medidd.federation.node.NodeRefusal: node a has no package configured (node config ...
     """
-    if settings.package is None:
-        raise NodeRefusal(f"node {settings.name} has no package configured "
-                          f"({node_key('package')})")
-    path = Path(settings.package)
+    path = _package_path(settings)
     files, problems = load_files(path, only={MANIFEST})
     manifest = None
     if files is not None and MANIFEST in files:
