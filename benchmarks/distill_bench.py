@@ -127,7 +127,47 @@ METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "spg_gm_fullres": ("spg_gm", None, _merged(OLD, {"spg": {"residual": "full"}})),
     "spg_gm_gm_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "gm"}})),
     "spg_gm_lfd_only": ("spg_gm", None, _merged(OLD, {"matching": {"objective": "lfd"}})),
+    # issue 12's levers, each the default with one switch
+    "spg_gm_tm": ("spg_gm", None, {"matching": {"objective": "tm"}}),
+    "spg_gm_tm_lfd": ("spg_gm", None, {"matching": {"objective": "tm+lfd"}}),
+    # four architectures per step at a quarter of the iterations: the default's wall time
+    "spg_gm_nets4": ("spg_gm", None, {"matching": {"nets": ["plain", "dncnn", "redcnn", "unet"],
+                                                   "iterations": 5}}),
+    "spg_gm_shared": ("spg_gm", "shared", {}),
+    "prior_only_shared": ("prior_only", "shared", {}),
+    "spg_gm_nowed": ("spg_gm", None, {"prior": {"fit_size": False}}),
+    # 64 px patches at the bytes of whole slices (MR and other local degradations only)
+    "spg_gm_patch64": ("spg_gm", None, {"patches": {"size": 64}}),
 }
+#: downstream training variants: ``label@variant`` trains the label's package with these
+#: :class:`~medidd.train.TrainConfig` fields (per setting; a setting without one refuses it)
+TRAIN_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    # the aggregator trains over doses from half to twice the package's 25 % (10 %: 5-40 %)
+    "range": {"ct25": {"lq_range": {"field": "dose", "low": 0.125, "high": 0.5}},
+              "ct10": {"lq_range": {"field": "dose", "low": 0.05, "high": 0.4}}},
+}
+#: the shared prior's privacy budget in the ``*_shared`` labels (the smallest epsilon whose
+#: MR bins pass min_patients at this cohort size: docs/benchmarks/prior.md)
+SHARED_EPSILON = 8.0
+
+
+def split_label(label: str, setting: str) -> tuple[str, dict[str, Any]]:
+    """``"spg_gm@range"`` -> ``("spg_gm", TrainConfig overrides for the setting)``.
+
+    Example:
+        >>> split_label("full@range", "ct25")[1]["lq_range"]["high"]
+        0.5
+        >>> split_label("spg_gm", "mr_x2")
+        ('spg_gm', {})
+    """
+    base, _, variant = label.partition("@")
+    base = look_up_option(base, list(METHODS), what="benchmark method")
+    if not variant:
+        return base, {}
+    variant = look_up_option(variant, list(TRAIN_VARIANTS), what="training variant")
+    if setting not in TRAIN_VARIANTS[variant]:
+        raise ValueError(f"training variant '{variant}' is not defined for setting {setting}")
+    return base, TRAIN_VARIANTS[variant][setting]
 IPCS = (1, 2, 5)
 
 
@@ -140,8 +180,8 @@ def method_config(label: str, setting: str, ipc: int, device: str = "cpu") -> An
     """
     from medidd.distill.config import DistillConfig
 
-    label = look_up_option(label, list(METHODS), what="benchmark method")
     setting = look_up_option(setting, list(SETTINGS), what="benchmark setting")
+    label, _ = split_label(label, setting)
     name, prior_kind, variant = METHODS[label]
     st = SETTINGS[setting]
     base = {
@@ -279,6 +319,16 @@ def reference_line(work: Path, setting: str, fold: Fold) -> float:
     return float(refs[key])
 
 
+def shared_prior_folder(work: Path, setting: str, fold: Fold) -> Path:
+    """The shared prior the fold's site patients build over 3 simulated hospitals at
+    :data:`SHARED_EPSILON` (:func:`benchmarks.prior_bench.shared_prior_folder`: the nodes'
+    sums, clipped and noised, released as ``medidd-aggregate prior`` does), one per fold so no
+    held-out patient contributes to it."""
+    from benchmarks.prior_bench import shared_prior_folder as build
+
+    return build(work / "priors" / f"fold{fold.index}", setting, fold, SHARED_EPSILON)
+
+
 # ----------------------------------------------------------------------------- run
 def _rows(work: Path) -> list[dict[str, Any]]:
     return [
@@ -311,6 +361,9 @@ def distilled_images(
     from medidd.package import read_package
 
     cfg = method_config(label, setting, ipc, device)
+    if cfg.prior.kind == "shared":
+        cfg = cfg.model_copy(update={"prior": cfg.prior.model_copy(update={
+            "path": str(shared_prior_folder(work, setting, fold))})})
     out = work / "packages" / setting / f"{label}-ipc{ipc}-fold{fold.index}"
     tag = f"{setting}/{label}/ipc{ipc}"
 
@@ -356,7 +409,8 @@ def run_fold(
     )
 
     st = SETTINGS[look_up_option(setting, list(SETTINGS), what="benchmark setting")]
-    labels = [look_up_option(x, list(METHODS), what="benchmark method") for x in labels]
+    for x in labels:
+        split_label(x, setting)  # did-you-mean before any work
     modality = st["modality"]
     patients = cohort(samples or Path("data/samples"), work, modality)
     fold = folds(patients, modality)[fold_index]
@@ -376,18 +430,23 @@ def run_fold(
                  and r["fold"] == fold_index and r["method"] == "full"), None)
     out = work / f"rows-{setting}-{fold_index}.jsonl"
     written = 0
-    todo = [("full", 0)] + [(m, k) for m in labels if m != "full" for k in ipcs]
+    todo = [("full", 0)] + [(m, k) for m in labels if m != "full" for k in ipcs
+                            if split_label(m, setting)[0] != "full"]
+    todo += [(m, 0) for m in labels if m != "full" and split_label(m, setting)[0] == "full"]
     for label, ipc in todo:
         if (setting, fold_index, label, ipc) in done:
             continue
         t0 = time.perf_counter()
-        if label == "full":
+        base, train_variant = split_label(label, setting)
+        if base == "full":
             hq, secs, pkg = site_real, [], None
         else:
-            hq, secs, pkg = distilled_images(work, setting, fold, label, ipc, device)
+            hq, secs, pkg = distilled_images(work, setting, fold, base, ipc, device)
         print(f"    train+score {setting}/{label}/ipc{ipc} fold {fold_index} "
               f"({hq.shape[0]} images)", flush=True)
-        scored = train_and_score(hq, held, tcfg, degrade, test_lq=held_lq)
+        cfg_l = tcfg.model_copy(update=train_variant) if train_variant else tcfg
+        cfg_l = TrainConfig.model_validate(cfg_l.model_dump())
+        scored = train_and_score(hq, held, cfg_l, degrade, test_lq=held_lq)
         ev = scored.eval
         ood_ev = score_model(scored.model, ood, degrade, lq=ood_lq) if ood is not None else None
         if label == "full":
@@ -426,8 +485,9 @@ def run_fold(
             "wall_s": time.perf_counter() - t0,
             "n_images": int(hq.shape[0]),
             "steps": steps,
-            "prior": method_config(label, setting, max(ipc, 1)).prior.kind
-            if label != "full" and pkg is not None else None,
+            "prior": method_config(base, setting, max(ipc, 1)).prior.kind
+            if base != "full" and pkg is not None else None,
+            "train_variant": train_variant or None,
             "machine": _machine(),
         }
         with out.open("a") as fh:
@@ -447,13 +507,17 @@ def run(
     device: str,
     samples: Path,
     threads: int | None = None,
+    only_folds: list[int] | None = None,
 ) -> None:
-    """Every fold of every step of ``plan``, in order (restartable: done rows are skipped)."""
+    """Every fold (or ``only_folds``) of every step of ``plan``, in order (restartable: done
+    rows are skipped)."""
     if threads:
         torch.set_num_threads(threads)
     for setting, labels, ipcs in plan:
         modality = SETTINGS[setting]["modality"]
         for f in range(N_FOLDS[modality]):
+            if only_folds is not None and f not in only_folds:
+                continue
             n = run_fold(work, setting, f, labels, ipcs, steps=steps, device=device,
                          samples=samples)
             print(f"{setting} fold {f}: {n} new rows", flush=True)
@@ -471,8 +535,10 @@ def plan_from_args(settings: str | None, methods: str | None, ipc: str | None
         return PLAN
     chosen = [look_up_option(s, list(SETTINGS), what="benchmark setting")
               for s in (settings or ",".join(SETTINGS)).split(",")]
-    labels = [look_up_option(m, list(METHODS), what="benchmark method")
-              for m in (methods or ",".join(CORE)).split(",")]
+    labels = (methods or ",".join(CORE)).split(",")
+    for s in chosen:
+        for m in labels:
+            split_label(m, s)
     ipcs = [int(k) for k in (ipc or "2").split(",")]
     return [(s, labels, ipcs) for s in chosen]
 
@@ -494,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--folds", default=None,
+                    help="comma list of fold indices (default: every fold of the setting)")
     a = ap.parse_args(argv)
     try:
         plan = plan_from_args(a.settings, a.methods, a.ipc)
@@ -505,7 +573,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{modality}: {len(ps)} patients ("
                   + ", ".join(f"{p.name} {p.region}" for p in ps) + ")", flush=True)
     if a.stage in ("run", "all"):
-        run(a.work, plan, steps=a.steps, device=a.device, samples=a.samples, threads=a.threads)
+        folds_ = [int(f) for f in a.folds.split(",")] if a.folds else None
+        run(a.work, plan, steps=a.steps, device=a.device, samples=a.samples, threads=a.threads,
+            only_folds=folds_)
     if a.stage in ("report", "all"):
         from benchmarks.bench_report import write_report
 

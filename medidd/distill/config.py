@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medidd.config import StrictModel
 from medidd.degrade.spec import DegradationSpec
@@ -27,7 +27,7 @@ from medidd.privacy.dp import DPConfig
 
 TASKS = ("denoise", "sr")
 
-OBJECTIVES = ("gm", "lfd", "gm+lfd")
+OBJECTIVES = ("gm", "lfd", "gm+lfd", "tm", "tm+lfd")
 STRUCTURE_LOSSES = ("gradient", "ssim", "lowpass", "none")
 RESIDUALS = ("full", "highpass")
 
@@ -72,6 +72,47 @@ class PriorConfig(StrictModel):
         return look_up_option(v, PRIOR_KINDS, what="prior kind")
 
 
+class TrajectoryConfig(StrictModel):
+    """Trajectory matching (the ``trajectory`` section, used when ``matching.objective`` is
+    ``tm`` or ``tm+lfd``; :mod:`medidd.distill.trajectory`).
+
+    ``experts`` trajectories per matching architecture are trained on the patient's real pairs
+    with SGD (``expert_lr``), keeping ``checkpoints`` snapshots ``steps_per_checkpoint`` steps
+    apart; every matching step runs ``syn_steps`` differentiable SGD steps on the synthetic
+    pairs from a checkpoint in the start window (``start``, or DATM's IPC-dependent window when
+    None) and is scored against the expert ``span`` checkpoints later. The student's learning
+    rate starts at ``expert_lr`` and is learnt (``learn_lr``) at ``lr_lr`` on a log scale.
+
+    Example:
+        >>> TrajectoryConfig(checkpoints=4, span=4)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: ...span (4) must be below checkpoints (4)...
+    """
+
+    experts: int = Field(2, ge=1)
+    checkpoints: int = Field(10, ge=2)
+    steps_per_checkpoint: int = Field(10, ge=1)
+    expert_lr: float = Field(0.2, gt=0)
+    syn_steps: int = Field(10, ge=1)
+    span: int = Field(2, ge=1)
+    start: tuple[int, int] | None = None
+    learn_lr: bool = True
+    lr_lr: float = Field(0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrajectoryConfig:
+        if self.span >= self.checkpoints:
+            raise ValueError(
+                f"trajectory: span ({self.span}) must be below checkpoints "
+                f"({self.checkpoints}); raise checkpoints or lower span"
+            )
+        if self.start is not None and not 0 <= self.start[0] <= self.start[1]:
+            raise ValueError(f"trajectory.start must be [low, high] with 0 <= low <= "
+                             f"high, got {list(self.start)}")
+        return self
+
+
 class MatchingConfig(StrictModel):
     """The matching objective shared by every optimisation-based method.
 
@@ -101,11 +142,27 @@ class MatchingConfig(StrictModel):
     lfd_kernel: int = Field(7, ge=3)
     lfd_frequencies: int = Field(64, ge=4)
     fast_degradation: bool = True
+    nets: list[str] = Field(default_factory=lambda: ["plain"], min_length=1)
 
     @field_validator("objective")
     @classmethod
     def _objective(cls, v: str) -> str:
         return look_up_option(v, OBJECTIVES, what="matching objective")
+
+    @field_validator("nets")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        from medidd.distill.matching import MATCHING_NETS
+
+        names = [look_up_option(x, MATCHING_NETS, what="matching net (matching.nets)") for x in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"matching.nets lists an architecture twice: {names}")
+        return names
+
+    @property
+    def terms(self) -> set[str]:
+        """The objective's terms, e.g. ``{"gm", "lfd"}``."""
+        return set(self.objective.split("+"))
 
 
 class SPGConfig(StrictModel):
@@ -154,6 +211,41 @@ class SPGConfig(StrictModel):
         return look_up_option(v, RESIDUALS, what="SPG residual")
 
 
+#: degradations whose LQ of a patch alone is the LQ of the whole slice cropped (in
+#: distribution): the aggregator re-draws a patch package's LQ from its patches
+LOCAL_DEGRADATIONS = ("kspace_sr", "ct_sr", "gaussian", "rician")
+
+
+class PatchConfig(StrictModel):
+    """Patch packages (``size`` px squares instead of whole slices, at the same byte budget:
+    ``ipc * H * W // size**2`` patches per patient; :func:`images_per_patient`).
+
+    Each patch starts from the prior slice's ``size`` square with the most image-gradient
+    energy inside the body (the prior is public; nothing of the patient chooses it), at as
+    many prior positions as there are patches, so the package covers more anatomy for the same
+    bytes. Prior-based methods only (``spg_gm``, ``prior_only``). Refused for projection- and
+    image-domain low-dose CT: a patch's low-dose noise depends on the attenuation of the whole
+    body, which a patch alone does not have, and the aggregator re-draws LQ from the patches.
+    """
+
+    size: int | None = Field(None, ge=16, description="patch side in pixels; None = whole slices")
+
+
+def images_per_patient(cfg: DistillConfig, side: int) -> int:
+    """Images a patient's output holds: ``ipc`` slices, or as many ``patches.size`` patches as
+    fit in their bytes.
+
+    Example:
+        >>> images_per_patient(DistillConfig(ipc=2), 128)
+        2
+        >>> images_per_patient(DistillConfig(ipc=2, patches={"size": 64}), 128)
+        8
+    """
+    if cfg.patches.size is None:
+        return cfg.ipc
+    return max(cfg.ipc, cfg.ipc * side * side // (cfg.patches.size**2))
+
+
 class SelectionConfig(StrictModel):
     """Feature extractor for selection baselines (herding, k-center, TripleD): a fixed,
     seeded random convolutional encoder (no pretrained weights can be downloaded here)."""
@@ -182,6 +274,8 @@ class DistillConfig(StrictModel):
     degradation: DegradationSpec | None = None
     prior: PriorConfig = Field(default_factory=PriorConfig)
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
+    trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig)
+    patches: PatchConfig = Field(default_factory=PatchConfig)
     spg: SPGConfig = Field(default_factory=SPGConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     dm: DMOptions = Field(default_factory=DMOptions)

@@ -66,12 +66,68 @@ class MatchingNet(nn.Module):
         return x + self.body(x)
 
 
-def fresh_matching_net(width: int, depth: int, seed: int, device: torch.device) -> MatchingNet:
-    """A freshly initialised :class:`MatchingNet`, deterministic in ``seed``."""
+#: the architectures matching can use (``matching.nets``), each sized from ``net_width`` and
+#: ``net_depth`` so a CPU-sized config stays CPU-sized: ``plain`` is :class:`MatchingNet`;
+#: ``dncnn``, ``redcnn`` and ``unet`` are small members of the families the aggregator trains
+#: (:mod:`medidd.nets`), none with BatchNorm, so each also runs under Opacus' per-sample hooks.
+MATCHING_NETS = ("plain", "dncnn", "redcnn", "unet")
+
+
+def build_matching_net(name: str, width: int, depth: int) -> nn.Module:
+    """An untrained matching net of architecture ``name`` (global RNG: seed it around the call).
+
+    Example:
+        >>> [type(build_matching_net(n, 8, 3)).__name__ for n in MATCHING_NETS]
+        ['MatchingNet', 'DnCNN', 'RedCNN', 'UNet']
+    """
+    from medidd.lookup import look_up_option
+    from medidd.nets import build_net
+
+    name = look_up_option(name, MATCHING_NETS, what="matching net (matching.nets)")
+    if name == "plain":
+        return MatchingNet(width, depth)
+    if name == "dncnn":
+        return build_net("dncnn", width=width, depth=depth + 2)
+    if name == "redcnn":
+        return build_net("redcnn", width=width, depth=depth, kernel_size=3)
+    return build_net("unet", width=max(4, width // 2), depth=2, num_res_units=0, norm="none")
+
+
+def fresh_matching_net(
+    width: int, depth: int, seed: int, device: torch.device, name: str = "plain"
+) -> nn.Module:
+    """A freshly initialised matching net (:func:`build_matching_net`), deterministic in
+    ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = MatchingNet(width, depth)
+        net = build_matching_net(name, width, depth)
     return net.to(device)
+
+
+def check_matching_nets(names: list[str], width: int, depth: int, patch: int) -> None:
+    """Refuse, before any work, a ``matching.nets`` entry that cannot map a ``patch`` x
+    ``patch`` LQ patch to an image of the same size.
+
+    Example:
+        >>> check_matching_nets(["plain", "unet"], 8, 3, 16)
+        >>> check_matching_nets(["redcnn"], 8, 20, 16)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: matching.nets: 'redcnn' cannot run on 16 px patches (...); ...
+    """
+    x = torch.zeros(1, 1, patch, patch)
+    for name in names:
+        try:
+            with torch.no_grad():
+                out = build_matching_net(name, width, depth)(x)
+            problem = None if out.shape == x.shape else f"returns shape {tuple(out.shape)}"
+        except (RuntimeError, ValueError) as exc:
+            problem = str(exc).split("\n")[0]
+        if problem:
+            raise ValueError(
+                f"matching.nets: '{name}' cannot run on {patch} px patches ({problem}); "
+                f"raise matching.patch_size, lower matching.net_depth, or drop '{name}'"
+            )
 
 
 def random_patches(

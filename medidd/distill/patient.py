@@ -32,7 +32,7 @@ import torch
 
 from medidd.degrade.spec import DegradationSpec, build_degradation
 from medidd.distill.base import DistillContext, Distilled, Progress, method_factory
-from medidd.distill.config import DistillConfig
+from medidd.distill.config import DistillConfig, images_per_patient
 from medidd.package import canonical_json
 from medidd.preprocess.slices import SliceSet
 from medidd.prior import Prior
@@ -97,7 +97,7 @@ class PatientDistiller:
     def distill(self, real: SliceSet, progress: Progress | None = None) -> Distilled:
         """Condense ``real`` (one patient) with the seed ``derive(cfg.seed, patient_key)``."""
         ctx = DistillContext(
-            ipc=self.setup.cfg.ipc,
+            ipc=images_per_patient(self.setup.cfg, real.size),
             degrade=self.degrade,
             seed=derive(self.setup.cfg.seed, real.patient_key),
             device=self.device,

@@ -39,7 +39,7 @@ import medidd
 from medidd.atomic import atomic_write_bytes
 from medidd.degrade.spec import DegradationSpec, default_spec
 from medidd.distill.base import Distilled, Progress, method_factory
-from medidd.distill.config import DistillConfig
+from medidd.distill.config import LOCAL_DEGRADATIONS, DistillConfig, images_per_patient
 from medidd.distill.engines import (
     InProcessEngine,
     OnEvent,
@@ -48,6 +48,7 @@ from medidd.distill.engines import (
     ProcessPoolEngine,
     resolve_workers,
 )
+from medidd.distill.matching import check_matching_nets
 from medidd.distill.patient import PatientOutput, SiteSetup, prior_digest
 from medidd.package import config_hash, write_package
 from medidd.package.io import SHARD_BYTES
@@ -125,7 +126,21 @@ def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
     if cfg.dp.enabled and cfg.method != "spg_gm":
         problems.append(f"dp.enabled is implemented for method spg_gm, not '{cfg.method}'")
     if cfg.dp.enabled and cfg.matching.objective != "gm":
-        problems.append("dp.enabled needs matching.objective=gm (lfd reads real images directly)")
+        problems.append("dp.enabled needs matching.objective=gm (lfd reads real images directly; "
+                        "tm's expert trajectories are trained on them without noise)")
+    m = cfg.matching
+    if cfg.method != "spg_gm" and ("tm" in m.terms or m.nets != ["plain"]):
+        problems.append(f"matching.objective {m.objective} and matching.nets {m.nets} are "
+                        f"implemented for method spg_gm, not '{cfg.method}'; use objective gm "
+                        "and nets [plain]")
+    if method.needs_prior or cfg.method in ("pixel_gm", "dc_real", "dc_noise"):
+        size = min((min(s.images.shape[-2:]) for s in cohort), default=m.patch_size)
+        try:
+            check_matching_nets(m.nets, m.net_width, m.net_depth, min(m.patch_size, size))
+        except ValueError as exc:
+            problems.append(str(exc))
+    problems += _patch_problems(cfg, cohort, resolve_degradation(cfg, modalities[0])
+                                if len(modalities) == 1 else None)
     for s in cohort:
         if len(s) < cfg.min_slices:
             problems.append(
@@ -139,6 +154,31 @@ def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
             )
     if problems:
         raise DistillError("cannot distil this site:\n  " + "\n  ".join(problems))
+
+
+def _patch_problems(cfg: DistillConfig, cohort: list[SliceSet],
+                    spec: DegradationSpec | None) -> list[str]:
+    """Why ``patches.size`` cannot be used here (empty when unset or fine)."""
+    size = cfg.patches.size
+    if size is None:
+        return []
+    out = []
+    if cfg.method not in ("spg_gm", "prior_only"):
+        out.append(f"patches.size is implemented for the prior-based methods spg_gm and "
+                   f"prior_only, not '{cfg.method}'; unset patches.size")
+    side = min((min(s.images.shape[-2:]) for s in cohort), default=size + 1)
+    if size >= side:
+        out.append(f"patches.size={size} is not smaller than the {side} px slices; choose a "
+                   f"size below {side} (e.g. {side // 2}) or unset patches.size")
+    if cfg.method == "spg_gm" and cfg.matching.patch_size > size:
+        out.append(f"matching.patch_size={cfg.matching.patch_size} is larger than "
+                   f"patches.size={size}; lower matching.patch_size to at most {size}")
+    if spec is not None and spec.kind not in LOCAL_DEGRADATIONS:
+        out.append(f"patches.size with a '{spec.kind}' degradation: a patch's low-dose noise "
+                   "depends on the attenuation of the whole body, which a patch does not "
+                   "carry, and the aggregator re-draws LQ from the patches; ship whole slices "
+                   "(unset patches.size)")
+    return out
 
 
 def dp_manifest(
@@ -266,7 +306,7 @@ def distill_site(
         prior = build_prior(
             cfg.prior.kind,
             cohort,
-            cfg.ipc,
+            images_per_patient(cfg, cohort[0].size),
             modality=modality,
             size=cohort[0].size,
             window=window,
@@ -299,7 +339,7 @@ def distill_site(
         patients=[
             (s.patient_key, int(d.hq.shape[0])) for s, d in zip(cohort, outputs, strict=True)
         ],
-        ipc=cfg.ipc,
+        ipc=images_per_patient(cfg, cohort[0].size),
         method=cfg.method,
         seed=cfg.seed,
         method_config=mconfig,

@@ -19,7 +19,7 @@ default only its low frequencies, leaving the generator free to add realistic te
 Only patient ``i``'s real slices enter ``L``.
 
 Example:
-    >>> from medidd.distill.config import DistillConfig, SPGConfig
+    >>> from medidd.distill.config import DistillConfig, MatchingConfig, SPGConfig
     >>> SPGMatching(DistillConfig()).needs_prior
     True
 """
@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ from torch import nn
 
 from medidd.degrade.draw import draw_lq
 from medidd.distill.base import DistillContext, Distilled, finish, register_method
-from medidd.distill.config import DistillConfig, SPGConfig
+from medidd.distill.config import DistillConfig, MatchingConfig, SPGConfig
 from medidd.distill.matching import (
     LocalFeatureBank,
     fresh_matching_net,
@@ -47,8 +48,14 @@ from medidd.distill.matching import (
     pair_loss,
     random_patches,
 )
+from medidd.distill.trajectory import (
+    Trajectory,
+    expert_trajectories,
+    start_window,
+    trajectory_loss,
+)
 from medidd.preprocess.slices import SliceSet
-from medidd.prior.base import Prior
+from medidd.prior.base import Prior, crop_where_structure_is
 from medidd.prior.fit import fit_to_size
 from medidd.seeds import derive
 
@@ -147,7 +154,7 @@ def _dp_source(
 
     m, dp = cfg.matching, cfg.dp
     q = min(1.0, m.real_batch / real_img.shape[0])
-    steps = m.iterations * m.outer_loop
+    steps = m.iterations * m.outer_loop * len(m.nets)  # one release per net per step
     sigma = noise_multiplier_for(dp.epsilon, dp.delta, q, steps)
     g = torch.Generator().manual_seed(derive(seed, "dp"))
     return DPGradientSource(
@@ -189,6 +196,13 @@ def spg_residual(out: torch.Tensor, spg: SPGConfig) -> torch.Tensor:
     return r
 
 
+def _matching_net(m: MatchingConfig, name: str, seed: int, it: int, dev: torch.device
+                  ) -> nn.Module:
+    """Outer iteration ``it``'s fresh matching net of architecture ``name``."""
+    tag = derive(seed, "net", it) if name == "plain" else derive(seed, "net", name, it)
+    return fresh_matching_net(m.net_width, m.net_depth, tag, dev, name)
+
+
 def _take_prior(prior: Prior | None, ipc: int, name: str) -> Prior:
     if prior is None:
         raise ValueError(f"method '{name}' needs a prior; set prior.kind (mean, medoid or atlas)")
@@ -201,11 +215,15 @@ def patient_prior(
     cfg: DistillConfig, real: SliceSet, ctx: DistillContext, name: str
 ) -> tuple[Prior, dict[str, float]]:
     """The shared prior made this patient's: fitted to its body size when ``prior.fit_size``
-    and the images are CT (:mod:`medidd.prior.fit`); returns the prior and what was fitted."""
+    and the images are CT (:mod:`medidd.prior.fit`), cut to its most structured squares for
+    patch packages (``patches.size``); returns the prior and what was fitted."""
     prior = _take_prior(ctx.prior, ctx.ipc, name)
-    if not (cfg.prior.fit_size and real.modality == "CT"):
-        return prior, {}
-    return fit_to_size(prior, real.images, real.window)
+    fitted: dict[str, float] = {}
+    if cfg.prior.fit_size and real.modality == "CT":
+        prior, fitted = fit_to_size(prior, real.images, real.window)
+    if cfg.patches.size is not None:
+        prior = crop_where_structure_is(prior, cfg.patches.size)
+    return prior, fitted
 
 
 @register_method("prior_only")
@@ -255,14 +273,14 @@ class SPGMatching:
         opt = torch.optim.Adam(gen.parameters(), lr=m.lr_syn)
         real_img = real.images.to(dev)
         degrade = ctx.matching_degrade
-        use_gm = "gm" in m.objective.split("+")
-        use_lfd = "lfd" in m.objective.split("+")
+        use_gm, use_lfd, use_tm = (t in m.terms for t in ("gm", "lfd", "tm"))
         dp_src = None
         if self.cfg.dp.enabled:
-            if use_lfd:
+            if use_lfd or use_tm:
                 raise ValueError(
                     "dp.enabled needs matching.objective: gm (the lfd term reads the real images "
-                    "directly, outside the DP mechanism); set matching.objective=gm"
+                    "directly, tm's expert trajectories are trained on them without noise, both "
+                    "outside the DP mechanism); set matching.objective=gm"
                 )
             if prior.local_data:
                 logger.warning(
@@ -282,12 +300,27 @@ class SPGMatching:
         def synth() -> torch.Tensor:
             return (p_img + body * spg_residual(gen(p_img, p_z, noise), spg)).clamp(0, 1)
 
+        tm = self.cfg.trajectory
+        trajs: dict[str, list[Trajectory]] = {}
+        log_lr = torch.tensor(math.log(tm.expert_lr), device=dev)
+        window = (0, 0)
+        if use_tm:
+            for traj in expert_trajectories(
+                m.nets, m.net_width, m.net_depth, real_img, degrade, tm,
+                patch=m.patch_size, batch=m.real_batch, seed=derive(ctx.seed, "tm"), device=dev,
+            ):
+                trajs.setdefault(traj.name, []).append(traj)
+            window = start_window(tm, ctx.ipc)
+            if tm.learn_lr:
+                log_lr.requires_grad_(True)
+                opt.add_param_group({"params": [log_lr], "lr": tm.lr_lr})
+
         total = m.iterations * m.outer_loop
         step = 0
         first = last = 0.0
         for it in range(m.iterations):
-            net = fresh_matching_net(m.net_width, m.net_depth, derive(ctx.seed, "net", it), dev)
-            net_opt = torch.optim.SGD(net.parameters(), lr=m.lr_net, momentum=0.5)
+            nets = [_matching_net(m, name, ctx.seed, it, dev) for name in m.nets] if use_gm else []
+            net_opts = [torch.optim.SGD(n.parameters(), lr=m.lr_net, momentum=0.5) for n in nets]
             for _ in range(m.outer_loop):
                 step_seed = derive(ctx.seed, "step", step)
                 syn = synth()
@@ -301,12 +334,24 @@ class SPGMatching:
                     s_hq_p, s_lq_p = random_patches(
                         [syn, s_lq], m.syn_patches, m.patch_size, gen_rng
                     )
-                    if dp_src is not None:
-                        g_real = [g.to(dev) for g in dp_src.step(net)]
-                    else:
-                        g_real = net_gradients(net, r_lq_p, r_hq_p, create_graph=False)
-                    g_syn = net_gradients(net, s_lq_p, s_hq_p, create_graph=True)
-                    loss = loss + gm_distance(g_real, g_syn)
+                    for net in nets:
+                        if dp_src is not None:
+                            g_real = [g.to(dev) for g in dp_src.step(net)]
+                        else:
+                            g_real = net_gradients(net, r_lq_p, r_hq_p, create_graph=False)
+                        g_syn = net_gradients(net, s_lq_p, s_hq_p, create_graph=True)
+                        loss = loss + gm_distance(g_real, g_syn)
+                if use_tm:
+                    s_lq = degrade(syn, derive(step_seed, "tm-lq"))
+                    for name in m.nets:
+                        experts = trajs[name]
+                        traj = experts[int(torch.randint(len(experts), (1,), generator=gen_rng))]
+                        begin = int(torch.randint(window[0], window[1] + 1, (1,),
+                                                  generator=gen_rng))
+                        loss = loss + trajectory_loss(
+                            traj, begin, tm.span, syn, s_lq, log_lr.exp(), tm.syn_steps,
+                            m.syn_patches, m.patch_size, gen_rng,
+                        )
                 if use_lfd:
                     loss = loss + m.lfd_weight * lfd_loss(bank, r_hq_p, syn, generator=gen_rng)
                 loss = loss + spg.structure_weight * structure_loss(
@@ -331,9 +376,10 @@ class SPGMatching:
                         hq_p, lq_p = random_patches(
                             [s_det, s_lq_det], m.syn_patches, m.patch_size, gen_rng
                         )
-                        net_opt.zero_grad(set_to_none=True)
-                        pair_loss(net, lq_p, hq_p).backward()
-                        net_opt.step()
+                        for net, net_opt in zip(nets, net_opts, strict=True):
+                            net_opt.zero_grad(set_to_none=True)
+                            pair_loss(net, lq_p, hq_p).backward()
+                            net_opt.step()
         with torch.no_grad():
             hq = synth()
         info = {
@@ -343,6 +389,8 @@ class SPGMatching:
             "steps": float(step),
             "seconds": time.perf_counter() - t0,
         }
+        if use_tm:
+            info["tm_student_lr"] = float(log_lr.detach().exp())
         if dp_src is not None:
             info.update(
                 dp_noise_multiplier=dp_src.noise_multiplier,

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from medidd.degrade.draw import Degrade, draw_lq
+from medidd.degrade.ranged import ranged
 from medidd.federation.spool import DiskImages
 from medidd.train import TrainConfig, TrainResult, build_loss, build_step_rule
 from medidd.train.device import resolve_device, scoped_determinism
@@ -69,6 +70,7 @@ def train_streamed(hq: DiskImages, lq: DiskImages | None, cfg: TrainConfig, *,
             lq is not None and len(lq) != len(hq)):
         raise ValueError("train_streamed: needs a non-empty hq set and exactly one of lq (as "
                          "many images) or degrade")
+    degrade = ranged(degrade, cfg.lq_range)
     device = resolve_device(cfg.device)
     rule = build_step_rule(cfg.step_rule, **cfg.step_options)
     fork_devices = [device.index or 0] if device.type == "cuda" else []

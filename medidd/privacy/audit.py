@@ -62,6 +62,7 @@ from medidd.privacy.membership import (
 from medidd.privacy.memorisation import (
     cross_patient_reference,
     memorisation_report,
+    ncc_map,
     nearest_real,
     normalise_rows,
 )
@@ -197,13 +198,30 @@ def _ncc_shortlist(distilled: torch.Tensor, real: torch.Tensor, k: int, chunk: i
     d = normalise_rows(distilled)
     best = torch.full((d.shape[0], 0), -2.0)
     index = torch.zeros((d.shape[0], 0), dtype=torch.long)
+    patches = distilled.shape[-2:] != real.shape[-2:]
+    if patches:
+        chunk = min(chunk, 32)
     for start in range(0, real.shape[0], chunk):
-        sims = d @ normalise_rows(real[start : start + chunk]).T
+        if patches:  # the best window of each slice (patch packages)
+            sims = ncc_map(distilled, real[start : start + chunk]).flatten(2).amax(2).T
+        else:
+            sims = d @ normalise_rows(real[start : start + chunk]).T
         best = torch.cat([best, sims], dim=1)
         index = torch.cat([index, torch.arange(start, start + sims.shape[1]).expand_as(sims)], 1)
         best, order = best.topk(min(k, best.shape[1]), dim=1)
         index = index.gather(1, order)
     return index
+
+
+def _nearest_view(image: torch.Tensor, slice_: torch.Tensor) -> torch.Tensor:
+    """The part of the nearest real slice ``image`` (1, h, w) is compared with: the whole
+    slice, or for a patch the window of highest NCC."""
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(slice_.shape[-2:]):
+        return slice_
+    m = ncc_map(image[None].float(), slice_[None].float())[0, 0]
+    y, x = divmod(int(m.flatten().argmax()), m.shape[-1])
+    return slice_[:, y : y + h, x : x + w]
 
 
 def audit_memorisation(distilled: torch.Tensor, real_by_patient: dict[str, torch.Tensor],
@@ -220,8 +238,9 @@ def audit_memorisation(distilled: torch.Tensor, real_by_patient: dict[str, torch
                               max_shift=policy.max_shift)
     offsets = dict(zip(keys, torch.tensor([0] + [len(real_by_patient[k]) for k in keys])
                        .cumsum(0).tolist(), strict=False))
-    nearest = torch.stack([real[offsets[p] + i] for p, i in
-                           zip(ncc["nearest_patient"], ncc["nearest_slice"], strict=True)])
+    nearest = torch.stack([_nearest_view(distilled[j], real[offsets[p] + i])
+                           for j, (p, i) in enumerate(zip(ncc["nearest_patient"],
+                                                          ncc["nearest_slice"], strict=True))])
     shortlist = _ncc_shortlist(distilled.float(), real, policy.ssim_shortlist)
     ssim_vals = torch.stack([nearest_real(distilled[i : i + 1].float(), real[shortlist[i]],
                                           "ssim", max_shift=policy.max_shift)[0][0]
@@ -354,8 +373,18 @@ def _package_info(pkg: Package) -> dict[str, Any]:
             "dp_enabled": bool(m.dp and m.dp.enabled), "method_config_hash": m.method_config_hash}
 
 
+def package_patch_size(m: Manifest) -> int | None:
+    """The patch side of a patch package (``patches.size`` of its config), else None."""
+    cfg = m.method_config or {}
+    size = (cfg.get("patches") or {}).get("size") if isinstance(cfg, dict) else None
+    return int(size) if size else None
+
+
 def _check_slices(sets: Sequence[SliceSet], m: Manifest, what: str) -> list[str]:
-    bad = sorted({s.size for s in sets if s.size != m.image_size})
+    if package_patch_size(m) == m.image_size:  # patches of any larger slice
+        bad = sorted({s.size for s in sets if s.size < m.image_size})
+    else:
+        bad = sorted({s.size for s in sets if s.size != m.image_size})
     mods = sorted({s.modality for s in sets if s.modality != m.modality})
     out = []
     if bad:
@@ -524,7 +553,8 @@ def run_audit(
         seen = torch.cat([s.images for s in prep.distill])
         for who, images in (("package", pkg.hq), ("control", seen)):
             report.canaries[who] = one_run_audit(
-                canary_image_scores(images, prep.canaries), included,
+                canary_image_scores(images, prep.canaries,
+                                    sliding=images.shape[-1] != seen.shape[-1]), included,
                 confidence=policy.canary_confidence)
         canaries = _canary_inputs(prep)
     if policy.run_mia:

@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 
 from medidd.config import StrictModel
 from medidd.preprocess.slices import SliceSet
+from medidd.privacy.memorisation import ncc_map
 from medidd.seeds import derive
 
 #: canaries of ``canaries: auto`` (fewer at a site with fewer than twice as many member slices)
@@ -250,11 +251,13 @@ def _template(c: Canary, shape: tuple[int, int]) -> torch.Tensor:
     return _unit(_square(highpass(canvas), c))[0]
 
 
-def canary_image_scores(images: torch.Tensor, canaries: Sequence[Canary]) -> np.ndarray:
+def canary_image_scores(images: torch.Tensor, canaries: Sequence[Canary], *,
+                        sliding: bool = False) -> np.ndarray:
     """For each canary, the highest correlation of its code with the same square of any of
     ``images`` (N, 1, H, W), both high-passed (:func:`highpass`, so smooth anatomy does not
     count): high when an image carries the code (the package copied the slice's detail), about
-    ``canary_cell / canary_size`` times a Gaussian maximum otherwise.
+    ``canary_cell / canary_size`` times a Gaussian maximum otherwise. ``sliding``: the images
+    are patches cut anywhere from slices (patch packages), so every square of them counts.
 
     Example:
         >>> import torch
@@ -263,13 +266,25 @@ def canary_image_scores(images: torch.Tensor, canaries: Sequence[Canary]) -> np.
         >>> img = torch.full((2, 1, 8, 8), 0.5); img[1, 0, 2:6, 2:6] += 0.1 * code
         >>> canary_image_scores(img, [c]).round(2).tolist()
         [1.0]
+        >>> bool(canary_image_scores(img[:, :, 1:7, 1:7], [c], sliding=True)[0] > 0.95)
+        True
     """
     if not canaries:
         return np.zeros(0)
     hp = highpass(images)
+    if sliding:
+        return np.asarray([float(ncc_map(_free_template(c), hp).max()) for c in canaries])
     shape = (images.shape[-2], images.shape[-1])
     return np.asarray([float((_unit(_square(hp, c)) @ _template(c, shape)).max())
                        for c in canaries])
+
+
+def _free_template(c: Canary) -> torch.Tensor:
+    """The high-passed code away from any border (for patches, whose offset is unknown)."""
+    n = c.code.shape[0]
+    canvas = torch.zeros(1, 1, n + 2 * HIGHPASS, n + 2 * HIGHPASS)
+    canvas[0, 0, HIGHPASS : HIGHPASS + n, HIGHPASS : HIGHPASS + n] = c.code
+    return highpass(canvas)[:, :, HIGHPASS : HIGHPASS + n, HIGHPASS : HIGHPASS + n]
 
 
 def canary_residual_scores(outputs: torch.Tensor, clean: torch.Tensor,

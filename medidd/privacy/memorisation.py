@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from medidd.lookup import look_up_option
 
@@ -192,10 +193,12 @@ def nearest_real(
     distilled = _check_stack(distilled, "distilled")
     real = _check_stack(real, "real")
     if distilled.shape[-2:] != real.shape[-2:]:
-        raise ValueError(
-            f"distilled images are {tuple(distilled.shape[-2:])} but real slices are "
-            f"{tuple(real.shape[-2:])}; resample them to the same size first"
-        )
+        if any(d > r for d, r in zip(distilled.shape[-2:], real.shape[-2:], strict=True)):
+            raise ValueError(
+                f"distilled images are {tuple(distilled.shape[-2:])} but real slices are "
+                f"{tuple(real.shape[-2:])}; resample them to the same size first"
+            )
+        return _nearest_window(distilled, real, metric, chunk)
     if chunk < 1 or max_shift < 0:
         raise ValueError(f"need chunk >= 1 and max_shift >= 0, got {chunk} and {max_shift}")
     smallest = min(real.shape[-2:]) - 2 * max_shift
@@ -223,6 +226,71 @@ def nearest_real(
             best = torch.where(better, value, best)
             index = torch.where(better, arg + start, index)
     return best, index
+
+
+def ncc_map(patches: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """NCC of every patch (N, 1, p, q) with every p x q window of every real image (M, 1, H, W)
+    -> (M, N, H - p + 1, W - q + 1), by FFT correlation and box-filtered window norms; a
+    constant patch or window scores 0.
+
+    Example:
+        >>> import torch
+        >>> real = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+        >>> m = ncc_map(real[1:, :, 5:15, 7:17], real)
+        >>> round(float(m[1, 0, 5, 7]), 4), round(float(m[0].max()), 2) < 1
+        (1.0, True)
+    """
+    p, q = patches.shape[-2:]
+    h, w = real.shape[-2:]
+    pz = normalise_rows(patches).reshape(patches.shape[0], p, q).double()
+    r = real[:, 0].double()
+    fr = torch.fft.rfft2(r, s=(h, w))
+    fp = torch.fft.rfft2(pz, s=(h, w))
+    corr = torch.fft.irfft2(fr[:, None] * fp.conj()[None], s=(h, w))[..., : h - p + 1, : w - q + 1]
+    s1 = F.avg_pool2d(r[:, None], (p, q), stride=1)[:, 0] * (p * q)
+    s2 = F.avg_pool2d(r[:, None] ** 2, (p, q), stride=1)[:, 0] * (p * q)
+    var = (s2 - s1**2 / (p * q)).clamp_min(0.0)
+    norm = var.sqrt()
+    varying = norm > 1e-5 * s2.clamp_min(0.0).sqrt() + _EPS
+    out = torch.where(varying[:, None], corr / norm.clamp_min(_EPS)[:, None], 0.0)
+    return out.clamp(-1.0, 1.0).float()
+
+
+def _nearest_window(distilled: torch.Tensor, real: torch.Tensor, metric: str, chunk: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_real` for images smaller than the real slices (patch packages): the best
+    window of any real slice, every offset; the index is the real slice's. SSIM is computed
+    at the best NCC window of each slice."""
+    n = distilled.shape[0]
+    best = torch.full((n,), -torch.inf)
+    index = torch.zeros(n, dtype=torch.long)
+    step = max(1, min(chunk, 32))
+    for start in range(0, real.shape[0], step):
+        block = real[start : start + step].float().cpu()
+        m = ncc_map(distilled.float().cpu(), block)  # (M, N, y, x)
+        flat = m.flatten(2)
+        value, where = flat.max(dim=2)  # (M, N)
+        if metric == "ssim":
+            value = _ssim_at(distilled.float().cpu(), block, where, m.shape[-1])
+        v, arg = value.max(dim=0)
+        better = v > best
+        best = torch.where(better, v, best)
+        index = torch.where(better, arg + start, index)
+    return best.to(distilled.device), index.to(distilled.device)
+
+
+def _ssim_at(distilled: torch.Tensor, block: torch.Tensor, where: torch.Tensor, cols: int
+             ) -> torch.Tensor:
+    """SSIM of every distilled image j with real slice i's window at flat offset
+    ``where[i, j]`` (a row of ``cols`` offsets) -> (M, N)."""
+    p, q = distilled.shape[-2:]
+    out = torch.empty(where.shape)
+    for i in range(where.shape[0]):
+        for j in range(where.shape[1]):
+            y, x = divmod(int(where[i, j]), cols)
+            win = block[i : i + 1, :, y : y + p, x : x + q]
+            out[i, j] = _ssim_rows(distilled[j : j + 1], win, _ssim_stats(win), 1.0)[0]
+    return out
 
 
 def _subsample(x: torch.Tensor, limit: int | None) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch import nn
 
 from medidd.config import StrictModel
 from medidd.degrade.draw import Degrade, draw_lq
+from medidd.degrade.ranged import DegradationRange, ranged
 from medidd.lookup import look_up_option
 from medidd.nets import NetConfig
 from medidd.train.device import DEVICES, resolve_device, scoped_determinism
@@ -67,6 +68,10 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: str = Field("cpu", description="cpu | cuda | auto")
     redraw_lq: bool = Field(True, description="re-draw LQ with a new seed every epoch")
+    lq_range: DegradationRange | None = Field(
+        None, description="train over a range of one degradation parameter (e.g. dose 0.1 to "
+        "0.5) instead of the package's one value, so patients of another size or scanner are "
+        "helped too (medidd.degrade.ranged); None = the package's value only")
     deterministic: bool = Field(True, description="deterministic algorithms while training")
     step_rule: str = Field("none", description="per-step update rule (see STEP_RULES)")
     step_options: dict[str, Any] = Field(default_factory=dict)
@@ -166,6 +171,7 @@ def train_enhancer(
         2
     """
     _check_inputs(hq, lq, degrade)
+    degrade = ranged(degrade, cfg.lq_range)
     device = resolve_device(cfg.device)
     rule = step_rule
     if rule is None:

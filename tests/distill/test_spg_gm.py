@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from medidd.degrade.spec import DegradationSpec, build_degradation
 from medidd.distill import DistillConfig, DistillContext, method_factory
 from medidd.distill.matching import gm_distance
 from medidd.distill.spg_gm import SPGGenerator, structure_loss
@@ -15,7 +12,6 @@ from medidd.preprocess.slices import SliceSet
 from medidd.prior import atlas_prior
 from medidd.prior.fit import fit_to_size, water_equivalent_diameter
 from medidd.privacy.memorisation import nearest_real
-from tests.helpers_real import real_slices
 
 SMALL = {
     "matching": {
@@ -30,17 +26,6 @@ SMALL = {
     "spg": {"width": 8, "depth": 3},
     "prior": {"kind": "atlas"},
 }
-
-
-@pytest.fixture(scope="module")
-def patient(real_samples: Path) -> SliceSet:
-    return real_slices(real_samples / "ct/lung2.nrrd", "CT", "p-00000000c0de", size=48)
-
-
-@pytest.fixture(scope="module")
-def degrade():  # type: ignore[no-untyped-def]
-    spec = DegradationSpec(kind="ct_lowdose", dose=0.25, image_domain=True)
-    return build_degradation(spec, window=(-1000.0, 1000.0))
 
 
 def _run(patient: SliceSet, degrade, seed: int = 3, **over):  # type: ignore[no-untyped-def]
