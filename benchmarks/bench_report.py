@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from medidd.atomic import atomic_write_text
 from medidd.train import gain_retained
 
@@ -96,8 +98,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str
     return out
 
 
-def paired(rows: list[dict[str, Any]], setting: str, a: str, b: str, ipc: int) -> list[float]:
-    """Per-fold PSNR differences ``a - b`` (dB) on the folds where both ran.
+def paired(rows: list[dict[str, Any]], setting: str, a: str, b: str, ipc: int,
+           field: str = "psnr") -> list[float]:
+    """Per-fold differences ``a - b`` of ``field`` (dB) on the folds where both ran.
 
     Example:
         >>> rs = [{"setting_id": "s", "method": m, "ipc": 2, "fold": f, "psnr": p}
@@ -105,10 +108,46 @@ def paired(rows: list[dict[str, Any]], setting: str, a: str, b: str, ipc: int) -
         >>> paired(rs, "s", "a", "b", 2)
         [1.0]
     """
-    by = {(r["method"], r["fold"]): r["psnr"] for r in rows
-          if r["setting_id"] == setting and r["ipc"] == ipc}
+    by = {(r["method"], r["fold"]): r.get(field) for r in rows
+          if r["setting_id"] == setting and r["ipc"] == ipc and r.get(field) is not None}
     folds = sorted({f for m, f in by if m == a} & {f for m, f in by if m == b})
     return [by[(a, f)] - by[(b, f)] for f in folds]
+
+
+def counterpart(label: str) -> str:
+    """The row a lever is compared with: the default ``spg_gm`` for a distillation variant,
+    the same package without the training variant for ``x@variant``.
+
+    Example:
+        >>> counterpart("spg_gm_tm"), counterpart("full@range"), counterpart("prior_only")
+        ('spg_gm', 'full', 'spg_gm')
+    """
+    base, _, variant = label.partition("@")
+    return base if variant else "spg_gm"
+
+
+def lever_table(rows: list[dict[str, Any]], setting: str) -> list[str]:
+    """Per-fold paired differences of every variant against its counterpart (PSNR on the
+    held-out patients and on the head CTs), with the folds they share."""
+    keys = sorted({(r["method"], r["ipc"]) for r in rows if r["setting_id"] == setting
+                   and r["method"] not in ("full", "random", "spg_gm")})
+    out = []
+    for label, ipc in keys:
+        base = counterpart(label)
+        d = paired(rows, setting, label, base, ipc if base != "full" else 0)
+        if not d:
+            continue
+        ood = paired(rows, setting, label, base, ipc if base != "full" else 0, "ood_psnr")
+        folds = sorted({r["fold"] for r in rows if r["setting_id"] == setting
+                        and r["method"] == label and r["ipc"] == ipc})
+        out.append(f"| {label} | {base} | {ipc or 'all'} | "
+                   + ", ".join(f"{x:+.2f}" for x in d) + f" | {statistics.mean(d):+.2f} | "
+                   + (", ".join(f"{x:+.2f}" for x in ood) if ood else "–") + " | "
+                   + ",".join(str(f) for f in folds) + " |")
+    if not out:
+        return []
+    return ["| variant | against | IPC | ΔPSNR per fold (dB) | mean | Δ head-CT PSNR per fold "
+            "| folds |", "|---|---|---|---|---|---|---|", *out]
 
 
 def _plot(summary: dict[tuple[str, str, int], dict[str, Any]], setting: str, out: Path) -> None:
@@ -192,6 +231,55 @@ def image_grid(work: Path, setting: str, out: Path) -> int:
     return ipc
 
 
+def default_grid(work: Path, setting: str, out: Path, samples: Path,
+                 default: str = "spg_gm") -> bool:
+    """What the default ships (fold 0, IPC 2: the first image of each site patient) beside
+    its prior (the ``prior_only`` package: the same prior fitted the same way) and the nearest
+    real slice of the site (NCC over every slice); False when a package is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.distill_bench import SETTINGS, cohort, folds
+    from medidd.package import read_package
+    from medidd.privacy.memorisation import nearest_real, nearest_view
+    from medidd.train import stack_images
+
+    root = work / "packages" / setting
+    paths = [root / f"{m}-ipc2-fold0" for m in ("prior_only", default)]
+    if not all((p / "manifest.json").is_file() for p in paths):
+        return False
+    prior, shipped = (read_package(p) for p in paths)
+    modality = SETTINGS[setting]["modality"]
+    fold = folds(cohort(samples, work, modality), modality)[0]
+    real = stack_images([p.slices for p in fold.site])
+    starts = {p.key: p.start for p in shipped.manifest.patients}
+    pstarts = {p.key: p.start for p in prior.manifest.patients}
+    keys = [k for k in starts if k in pstarts]
+    first = torch.stack([shipped.hq[starts[k]] for k in keys])
+    sims, idx = nearest_real(first, real)
+    lo, hi = (0.35, 0.65) if modality == "CT" else (0.0, 1.0)
+    fig, axes = plt.subplots(len(keys), 3, figsize=(5.4, 1.9 * len(keys)), squeeze=False)
+    for row, k in enumerate(keys):
+        near = real[int(idx[row])]
+        near = nearest_view(first[row], near)  # patch packages: the nearest window
+        images = (prior.hq[pstarts[k]], first[row], near)
+        titles = ("prior", default, f"nearest real (NCC {float(sims[row]):.2f})")
+        for col, (img, title) in enumerate(zip(images, titles, strict=True)):
+            ax = axes[row][col]
+            ax.axis("off")
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=lo, vmax=hi)
+            if row == 0 or col == 2:
+                ax.set_title(title, fontsize=7)
+    fig.suptitle(f"{setting}: what {default} ships (fold 0, IPC 2) beside its prior and the "
+                 "nearest real slice", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return True
+
+
 def _table(summary: dict[tuple[str, str, int], dict[str, Any]], keys: list[tuple[str, str, int]],
            ood: bool) -> list[str]:
     head = ("| method | IPC | PSNR | SSIM | gain | NN-NCC max | below ref | ref | s/patient | "
@@ -216,7 +304,7 @@ def _table(summary: dict[tuple[str, str, int], dict[str, Any]], keys: list[tuple
     return lines
 
 
-def write_report(work: Path, out: Path) -> Path:
+def write_report(work: Path, out: Path, samples: Path = Path("data/samples")) -> Path:
     """Write ``distill.md``/``distill.json``/plots under ``out`` from the rows under ``work``
     (rows of earlier cohorts already in ``out/distill.json`` are kept in the JSON)."""
     rows = load_rows(work, out / "distill.json")
@@ -277,6 +365,10 @@ def write_report(work: Path, out: Path) -> Path:
                 if d:
                     lines.append(f"Paired per fold, spg_gm − {other} at IPC {ipc}: "
                                  + ", ".join(f"{x:+.2f}" for x in d) + " dB.")
+        levers = lever_table(shown, setting)
+        if levers:
+            lines += ["", "Each variant against its counterpart, paired per fold (the same "
+                      "held-out patients; positive = the variant is better):", "", *levers]
         lines += ["", f"![PSNR vs IPC]({setting}_psnr_vs_ipc.png)", ""]
         _plot(summary, setting, out / f"{setting}_psnr_vs_ipc.png")
         grid = out / f"{setting}_images.png"
@@ -285,6 +377,10 @@ def write_report(work: Path, out: Path) -> Path:
             lines += [f"Shipped HQ images at IPC {ipc_shown} (fold 0's packages; the first per "
                       "patient; rows: patients, columns: methods):", "",
                       f"![distilled images]({grid.name})", ""]
+        beside = out / f"{setting}_default_vs_prior.png"
+        if default_grid(work, setting, beside, samples):
+            lines += ["The default's shipped image beside its prior and the nearest real slice "
+                      "of the site:", "", f"![default beside prior]({beside.name})", ""]
     path = out / "distill.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage in ("report", "all"):
         from benchmarks.bench_report import write_report
 
-        print(f"wrote {write_report(a.work, a.out)}")
+        print(f"wrote {write_report(a.work, a.out, a.samples)}")
 
 
 if __name__ == "__main__":

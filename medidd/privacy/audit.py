@@ -64,6 +64,7 @@ from medidd.privacy.memorisation import (
     memorisation_report,
     ncc_map,
     nearest_real,
+    nearest_view,
     normalise_rows,
 )
 from medidd.privacy.mia.onerun import OneRunResult, one_run_audit
@@ -213,17 +214,6 @@ def _ncc_shortlist(distilled: torch.Tensor, real: torch.Tensor, k: int, chunk: i
     return index
 
 
-def _nearest_view(image: torch.Tensor, slice_: torch.Tensor) -> torch.Tensor:
-    """The part of the nearest real slice ``image`` (1, h, w) is compared with: the whole
-    slice, or for a patch the window of highest NCC."""
-    h, w = image.shape[-2:]
-    if (h, w) == tuple(slice_.shape[-2:]):
-        return slice_
-    m = ncc_map(image[None].float(), slice_[None].float())[0, 0]
-    y, x = divmod(int(m.flatten().argmax()), m.shape[-1])
-    return slice_[:, y : y + h, x : x + w]
-
-
 def audit_memorisation(distilled: torch.Tensor, real_by_patient: dict[str, torch.Tensor],
                        policy: AuditPolicy) -> tuple[dict[str, Any], torch.Tensor]:
     """NCC report over every real slice, SSIM on an NCC shortlist, both against their ideal
@@ -238,7 +228,7 @@ def audit_memorisation(distilled: torch.Tensor, real_by_patient: dict[str, torch
                               max_shift=policy.max_shift)
     offsets = dict(zip(keys, torch.tensor([0] + [len(real_by_patient[k]) for k in keys])
                        .cumsum(0).tolist(), strict=False))
-    nearest = torch.stack([_nearest_view(distilled[j], real[offsets[p] + i])
+    nearest = torch.stack([nearest_view(distilled[j], real[offsets[p] + i])
                            for j, (p, i) in enumerate(zip(ncc["nearest_patient"],
                                                           ncc["nearest_slice"], strict=True))])
     shortlist = _ncc_shortlist(distilled.float(), real, policy.ssim_shortlist)

@@ -293,6 +293,24 @@ def _ssim_at(distilled: torch.Tensor, block: torch.Tensor, where: torch.Tensor, 
     return out
 
 
+def nearest_view(image: torch.Tensor, slice_: torch.Tensor) -> torch.Tensor:
+    """The part of the nearest real slice ``image`` (1, h, w) is compared with: the whole
+    slice, or for a patch the window of highest NCC.
+
+    Example:
+        >>> import torch
+        >>> real = torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.equal(nearest_view(real[:, 3:13, 4:14], real), real[:, 3:13, 4:14]))
+        True
+    """
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(slice_.shape[-2:]):
+        return slice_
+    m = ncc_map(image[None].float(), slice_[None].float())[0, 0]
+    y, x = divmod(int(m.flatten().argmax()), m.shape[-1])
+    return slice_[:, y : y + h, x : x + w]
+
+
 def _subsample(x: torch.Tensor, limit: int | None) -> torch.Tensor:
     if limit is None or x.shape[0] <= limit:
         return x
