@@ -135,6 +135,12 @@ METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
                                                    "iterations": 5}}),
     "spg_gm_shared": ("spg_gm", "shared", {}),
     "prior_only_shared": ("prior_only", "shared", {}),
+    # the registered mean of the site's own patients (not DP; near the ideal line): is the
+    # atlas's contrast what fails MR?
+    "spg_gm_meanprior": ("spg_gm", "mean", {}),
+    # MR: the atlas with each patient's intensity histogram (16 quantiles)
+    "spg_gm_fitint": ("spg_gm", None, {"prior": {"fit_intensity": True}}),
+    "prior_only_fitint": ("prior_only", None, {"prior": {"fit_intensity": True}}),
     "spg_gm_nowed": ("spg_gm", None, {"prior": {"fit_size": False}}),
     # 64 px patches at the bytes of whole slices (MR and other local degradations only)
     "spg_gm_patch64": ("spg_gm", None, {"patches": {"size": 64}}),

@@ -57,6 +57,11 @@ class PriorConfig(StrictModel):
         "over its slices), so simulated low-dose noise has the patient's level; ships that one "
         "body-size number per patient (see medidd.prior.fit)",
     )
+    fit_intensity: bool = Field(
+        False,
+        description="MR: map the prior's foreground intensities onto each patient's (16 "
+        "quantiles; medidd.prior.fit.fit_intensity); ships that histogram per patient",
+    )
     registered: bool = True
     registration_iterations: int = Field(2, ge=0, le=10)
     path: str | None = Field(None, description="kind shared: the prior folder that "

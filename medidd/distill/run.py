@@ -202,7 +202,9 @@ def dp_manifest(
         "accountant": "rdp",
         "covers": ["synthetic_hq", "synthetic_lq", "per_patient_slice_level"],
         "not_covered": (["prior_from_local_patients"] if prior_local else [])
-        + (["patient_body_size"] if any("wed_target_px" in i for i in infos) else []),
+        + (["patient_body_size"] if any("wed_target_px" in i for i in infos) else [])
+        + (["patient_intensity_histogram"] if any("intensity_quantiles" in i for i in infos)
+           else []),
     }
 
 

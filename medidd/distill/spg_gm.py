@@ -56,7 +56,7 @@ from medidd.distill.trajectory import (
 )
 from medidd.preprocess.slices import SliceSet
 from medidd.prior.base import Prior, crop_where_structure_is
-from medidd.prior.fit import fit_to_size
+from medidd.prior.fit import fit_intensity, fit_to_size
 from medidd.seeds import derive
 
 logger = logging.getLogger(__name__)
@@ -221,6 +221,9 @@ def patient_prior(
     fitted: dict[str, float] = {}
     if cfg.prior.fit_size and real.modality == "CT":
         prior, fitted = fit_to_size(prior, real.images, real.window)
+    if cfg.prior.fit_intensity and real.modality == "MR":
+        prior, more = fit_intensity(prior, real.images)
+        fitted |= more
     if cfg.patches.size is not None:
         prior = crop_where_structure_is(prior, cfg.patches.size)
     return prior, fitted
