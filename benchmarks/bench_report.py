@@ -291,7 +291,8 @@ def _table(summary: dict[tuple[str, str, int], dict[str, Any]], keys: list[tuple
     for m in _ordered({k[1] for k in keys}):
         for ipc in sorted({k[2] for k in keys if k[1] == m}):
             v = summary[(setting, m, ipc)]
-            below = f"{v['below_ref']}/{v['n_images']}" if m != "full" else "–"
+            below = (f"{v['below_ref']}/{v['n_images']}" if m.partition("@")[0] != "full"
+                     else "–")
             cells = [m, str(ipc or "all"), _ms(v["psnr"]), _ms(v["ssim"], "{:.3f}"),
                      f"{_ms([100 * g for g in v['gain_retained']], '{:.0f}')}%",
                      _ms(v["max_nn_ncc"], "{:.3f}"), below, _ms(v["nn_ncc_p99_ref"], "{:.3f}"),

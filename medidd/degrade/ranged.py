@@ -45,11 +45,17 @@ RANGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 class DegradationRange(StrictModel):
     """Train at ``levels`` values of ``field`` from ``low`` to ``high`` (log-spaced, both ends
-    included) instead of the package's single value.
+    included; with ``relative``, factors of the package's value; values above 1 are clamped to
+    1) instead of the package's single value.
 
     Example:
         >>> DegradationRange(field="dose", low=0.1, high=0.5).levels
         8
+        >>> from medidd.degrade.spec import DegradationSpec, build_degradation
+        >>> base = build_degradation(DegradationSpec(kind="ct_lowdose", dose=0.25), (-1e3, 1e3))
+        >>> rel = DegradationRange(field="dose", low=0.5, high=2.0, levels=3, relative=True)
+        >>> [round(v, 3) for v in RangedDegradation(base, rel).values]
+        [0.125, 0.25, 0.5]
         >>> DegradationRange(field="dose", low=0.5, high=0.1)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -57,9 +63,11 @@ class DegradationRange(StrictModel):
     """
 
     field: Literal["dose", "noise_sigma"]
-    low: float = Field(gt=0.0, le=1.0)
-    high: float = Field(gt=0.0, le=1.0)
+    low: float = Field(gt=0.0)
+    high: float = Field(gt=0.0)
     levels: int = Field(8, ge=2, le=64)
+    relative: bool = Field(False, description="low and high are factors of the package's "
+                           "value (0.5 and 2 around a 25 % dose: 12.5 % to 50 %)")
 
     @model_validator(mode="after")
     def _ordered(self) -> DegradationRange:
@@ -90,7 +98,12 @@ class RangedDegradation(Degradation):
                 + " or ".join(f"'{f}'" for f, k in RANGE_FIELDS.items() if base.spec.kind in k)
             )
         self.range = rng
-        self.values = rng.values()
+        centre = float(getattr(self.spec, rng.field))
+        if rng.relative and centre <= 0:
+            raise ValueError(f"train.lq_range is relative to the package's {rng.field}, which "
+                             f"is {centre}; give absolute low and high (relative: false)")
+        scale = centre if rng.relative else 1.0
+        self.values = [min(v * scale, 1.0) for v in rng.values()]
         self.ops = torch.nn.ModuleList(
             Degradation(self.spec.model_copy(update={rng.field: v}), self.window)
             for v in self.values
