@@ -208,11 +208,18 @@ def method_config(label: str, setting: str, ipc: int, device: str = "cpu") -> An
 #: the default run, in order: (setting, labels, IPCs). The private default and its references
 #: come first, so a run stopped early has the rows that matter most.
 CORE = ["full", "random", "prior_only", "spg_gm"]
+LEVERS_CT = ["spg_gm@range", "full@range", "spg_gm_tm", "spg_gm_nets4", "spg_gm_shared",
+             "spg_gm_nowed"]
+LEVERS_MR = ["spg_gm_tm", "spg_gm_shared", "spg_gm_patch64", "spg_gm_fitint",
+             "prior_only_fitint", "spg_gm_meanprior"]
 BASELINES = ["herding", "kcenter", "pixel_gm", "dc_real", "dc_noise", "dm", "idc", "tripled"]
 PLAN: list[tuple[str, list[str], list[int]]] = [
     ("ct25", CORE, [2]),
     ("mr_x2", CORE, [2]),
     ("ct10", CORE, [2]),
+    # issue 12's levers, each against the default on the same folds (docs/method.md)
+    ("ct25", LEVERS_CT, [2]),
+    ("mr_x2", LEVERS_MR, [2]),
     ("ct25", ["random", "prior_only", "spg_gm"], [1, 5]),
     ("ct25", BASELINES, [2]),
     ("mr_x2", BASELINES, [2]),

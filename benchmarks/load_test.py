@@ -254,6 +254,17 @@ def to_markdown(data: dict[str, Any]) -> str:
             lines += ["", f"Idle machine: {measured:.2f}x with {best['workers']} workers "
                       f"against the {ideal:.2f}x bound of equally fast patients (target >= "
                       f"1.6x on 2 cores: {'met' if measured >= 1.6 else 'not met'})."]
+            t1, tn = base["seconds_per_patient_mean"], best["seconds_per_patient_mean"]
+            if tn > t1:
+                own = tn / t1
+                cap = best["workers"] * t1 / tn
+                lines += ["", f"Why: one worker with {base['torch_threads_per_patient']} torch "
+                          f"threads took {t1} s per patient, a worker with "
+                          f"{best['torch_threads_per_patient']} took {tn} s: the baseline "
+                          f"already gets {own:.2f}x from its second thread, so "
+                          f"{best['workers']} workers can give at most {cap:.2f}x over it "
+                          f"({cap * ideal / best['workers']:.2f}x with the last-round bound "
+                          "above)."]
         per_worker = best["patients_per_hour"] / best["workers"]
         lines += ["", "## A 10,000-patient site (projection from the measured cost)", "",
                   f"One worker process (one core, one torch thread) did {per_worker:.1f} "
