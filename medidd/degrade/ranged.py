@@ -43,6 +43,26 @@ RANGE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def range_problem(field: str, kind: str) -> str | None:
+    """Why ``train.lq_range`` over ``field`` cannot train a ``kind`` degradation, or None.
+
+    Checked when the run's config is loaded (the degradation it names) and again when the
+    packages' degradation is known, so a wrong field fails before any work.
+
+    Example:
+        >>> range_problem("dose", "ct_lowdose") is None
+        True
+        >>> print(range_problem("dose", "kspace_sr"))
+        train.lq_range varies 'dose', which a 'kspace_sr' degradation does not use; for kspace_sr set lq_range.field to 'noise_sigma'
+    """
+    if kind in RANGE_FIELDS.get(field, ()):
+        return None
+    fits = " or ".join(f"'{f}'" for f, k in RANGE_FIELDS.items() if kind in k)
+    fix = f"set lq_range.field to {fits}" if fits else "remove train.lq_range"
+    return (f"train.lq_range varies '{field}', which a '{kind}' degradation does not use; "
+            f"for {kind} {fix}")
+
+
 class DegradationRange(StrictModel):
     """Train at ``levels`` values of ``field`` from ``low`` to ``high`` (log-spaced, both ends
     included; with ``relative``, factors of the package's value; values above 1 are clamped to
@@ -90,13 +110,9 @@ class RangedDegradation(Degradation):
 
     def __init__(self, base: Degradation, rng: DegradationRange) -> None:
         super().__init__(base.spec, base.window)
-        kinds = RANGE_FIELDS[rng.field]
-        if base.spec.kind not in kinds:
-            raise ValueError(
-                f"train.lq_range varies '{rng.field}', which a '{base.spec.kind}' degradation "
-                f"does not use; for {base.spec.kind} set lq_range.field to "
-                + " or ".join(f"'{f}'" for f, k in RANGE_FIELDS.items() if base.spec.kind in k)
-            )
+        problem = range_problem(rng.field, base.spec.kind)
+        if problem:
+            raise ValueError(problem)
         self.range = rng
         centre = float(getattr(self.spec, rng.field))
         if rng.relative and centre <= 0:

@@ -23,9 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medidd.config import StrictModel, load_config
+from medidd.degrade.ranged import RANGE_FIELDS, range_problem
+from medidd.degrade.spec import DegradationSpec
 from medidd.federation.audit import AuditConfig
 from medidd.federation.node import NodeSettings
 from medidd.federation.policy import CollectionPolicy
@@ -36,6 +38,8 @@ from medidd.prior.shared import SharedPriorConfig
 from medidd.train.trainer import TrainConfig
 
 TASKS: tuple[str, ...] = ("denoise", "sr")
+#: the degradation kinds of the ``sr`` task
+SR_KINDS: tuple[str, ...] = ("kspace_sr", "ct_sr")
 
 
 class FedAvgConfig(StrictModel):
@@ -173,6 +177,27 @@ class FederationConfig(StrictModel):
     @classmethod
     def _task(cls, value: str) -> str:
         return look_up_option(value, TASKS, what="task")
+
+    @model_validator(mode="after")
+    def _lq_range_fits(self) -> FederationConfig:
+        """``train.lq_range`` must vary a field of the run's degradation: refused at load time
+        (before any package is collected) when the config names the degradation, or when the
+        task has no degradation that uses the field (``dose`` is CT low-dose only)."""
+        rng = self.train.lq_range
+        if rng is None:
+            return self
+        if self.degradation is not None and "kind" in self.degradation:
+            kind = DegradationSpec.model_validate(self.degradation).kind
+            problem = range_problem(rng.field, kind)
+        elif self.task == "sr" and not set(RANGE_FIELDS[rng.field]) & set(SR_KINDS):
+            problem = (f"train.lq_range varies '{rng.field}', which no super-resolution "
+                       f"degradation ({', '.join(SR_KINDS)}) uses; set lq_range.field to "
+                       "'noise_sigma' or remove train.lq_range")
+        else:
+            problem = None
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def node_names(self) -> list[str]:
         """Names of the nodes this run expects: ``expected_nodes`` or the simulated nodes."""

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
 
+from medidd.config import ConfigError
 from medidd.degrade import PerImageSeeds, draw_lq
 from medidd.degrade.draw import image_seeds
 from medidd.degrade.ranged import DegradationRange, RangedDegradation, ranged
 from medidd.degrade.spec import DegradationSpec, build_degradation
+from medidd.federation.config import load_federation_config
 from medidd.train import TrainConfig, train_enhancer
 
 WINDOW = (-1000.0, 1000.0)
@@ -57,6 +61,23 @@ def test_a_field_the_degradation_does_not_use_is_refused() -> None:
         RangedDegradation(op, DOSES)
     with pytest.raises(ValidationError, match="low must be below high"):
         TrainConfig.model_validate({"lq_range": {"field": "dose", "low": 0.5, "high": 0.2}})
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    (["degradation={kind: kspace_sr, scale: 2}"], "for kspace_sr set lq_range.field to 'noise_sigma'"),
+    (["task=sr", "degradation=null"], "no super-resolution degradation"),
+])
+def test_the_consortium_config_refuses_a_range_its_task_cannot_use_at_load_time(
+        overrides: list[str], says: str) -> None:
+    """An MR consortium that copies the CT config learns it when the run is loaded, not after
+    every package has been collected."""
+    config = Path(__file__).parents[2] / "configs" / "federation.yaml"
+    assert load_federation_config(config).train.lq_range is not None
+    with pytest.raises(ConfigError, match="lq_range") as err:
+        load_federation_config(config, overrides)
+    assert says in str(err.value)
+    fixed = load_federation_config(config, [*overrides, "train.lq_range.field=noise_sigma"])
+    assert fixed.train.lq_range is not None and fixed.train.lq_range.field == "noise_sigma"
 
 
 def test_ranged_leaves_fixed_pairs_and_custom_operators_alone() -> None:

@@ -72,11 +72,23 @@ def test_the_audit_reads_a_patch_package_and_finds_a_copied_window(
     assert report.verdict == "failed"
 
 
-def test_the_aggregator_trains_on_patches(patch_pkg: Path) -> None:
+def test_the_aggregator_learns_from_patches_and_the_model_serves_whole_slices(
+        patch_pkg: Path, site: list[SliceSet]) -> None:
     pkg = read_package(patch_pkg)
     cfg = TrainConfig.model_validate({"net": {"name": "dncnn", "width": 8, "depth": 3},
-                                      "steps": 3, "batch_size": 4, "patch_size": 24})
-    assert train_enhancer(pkg.hq, pkg.lq, cfg).steps == 3
+                                      "steps": 200, "batch_size": 4, "patch_size": 24,
+                                      "lr": 3e-3, "seed": 1})
+    result = train_enhancer(pkg.hq, pkg.lq, cfg)
+    with torch.no_grad():
+        learnt = (result.model(pkg.lq) - pkg.hq).abs().mean()
+    untouched = (pkg.lq - pkg.hq).abs().mean()  # the LQ input itself
+    # 0.72-0.81 of the input's error over seeds 0-3 after 200 steps; a net that learnt
+    # nothing stays at 1 or above
+    assert learnt < 0.9 * untouched, (float(learnt), float(untouched))
+    whole = site[1].images[:2]  # the fully convolutional model maps whole 64 px slices
+    with torch.no_grad():
+        out = result.model(whole)
+    assert out.shape == whole.shape and torch.isfinite(out).all()
 
 
 def test_patch_options_that_do_not_fit_are_refused(site: list[SliceSet]) -> None:
