@@ -64,7 +64,8 @@ def test_a_field_the_degradation_does_not_use_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "says"), [
-    (["degradation={kind: kspace_sr, scale: 2}"], "for kspace_sr set lq_range.field to 'noise_sigma'"),
+    (["degradation={kind: kspace_sr, scale: 2}"],
+     "for kspace_sr set lq_range.field to 'noise_sigma'"),
     (["task=sr", "degradation=null"], "no super-resolution degradation"),
 ])
 def test_the_consortium_config_refuses_a_range_its_task_cannot_use_at_load_time(
