@@ -353,6 +353,10 @@ def write_report(work: Path, out: Path, samples: Path = Path("data/samples")) ->
         s0 = summary[keys[0]]
         ood = any(v == v for k in keys for v in summary[k]["ood_psnr"])
         lines += [f"## {s0['task']} {s0['setting']} ({setting})", ""]
+        folds = sorted({r["fold"] for r in shown if r["setting_id"] == setting})
+        lines += ["Folds measured: " + ", ".join(map(str, folds)) + " (a row's `folds` "
+                  "column says how many of them it has; the design above is the full plan).",
+                  ""]
         lines += _table(summary, keys, ood)
         lq = summary[keys[0]]["psnr_lq"]
         lines += ["", f"LQ input PSNR: {_ms(lq)} dB."]
