@@ -73,11 +73,13 @@ def test_the_consortium_config_refuses_a_range_its_task_cannot_use_at_load_time(
     """An MR consortium that copies the CT config learns it when the run is loaded, not after
     every package has been collected."""
     config = Path(__file__).parents[2] / "configs" / "federation.yaml"
-    assert load_federation_config(config).train.lq_range is not None
+    ct_range = ["train.lq_range={field: dose, low: 0.5, high: 2.0, relative: true}"]
+    assert load_federation_config(config, ct_range).train.lq_range is not None
     with pytest.raises(ConfigError, match="lq_range") as err:
-        load_federation_config(config, overrides)
+        load_federation_config(config, [*ct_range, *overrides])
     assert says in str(err.value)
-    fixed = load_federation_config(config, [*overrides, "train.lq_range.field=noise_sigma"])
+    fixed = load_federation_config(
+        config, [*ct_range, *overrides, "train.lq_range.field=noise_sigma"])
     assert fixed.train.lq_range is not None and fixed.train.lq_range.field == "noise_sigma"
 
 
