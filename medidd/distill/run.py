@@ -139,6 +139,10 @@ def check_site(cohort: list[SliceSet], cfg: DistillConfig) -> None:
             check_matching_nets(m.nets, m.net_width, m.net_depth, min(m.patch_size, size))
         except ValueError as exc:
             problems.append(str(exc))
+    if cfg.prior.fit_intensity and modalities and modalities != ["MR"]:
+        problems.append(f"prior.fit_intensity matches MR intensities, which have no unit; this "
+                        f"site is {', '.join(modalities)} (CT is in HU, its prior is fitted by "
+                        "prior.fit_size): set prior.fit_intensity to false")
     problems += _patch_problems(cfg, cohort, resolve_degradation(cfg, modalities[0])
                                 if len(modalities) == 1 else None)
     for s in cohort:

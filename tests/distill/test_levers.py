@@ -126,3 +126,6 @@ def test_bad_lever_options_are_refused_before_any_work(patient: SliceSet) -> Non
     other = DistillConfig.model_validate({"method": "dm", "matching": {"objective": "tm"}})
     with pytest.raises(DistillError, match="implemented for method spg_gm"):
         check_site([patient], other)
+    ct_fitint = DistillConfig.model_validate({"prior": {"fit_intensity": True}})
+    with pytest.raises(DistillError, match=r"set prior\.fit_intensity to false"):
+        check_site([patient], ct_fitint)
